@@ -1,0 +1,36 @@
+"""plmkit: build, pretrain, fine-tune, evaluate and use Transformer language models.
+
+    import plmkit, torch
+    tok = plmkit.BertTokenizer.from_pretrained(model_dir)
+    model = plmkit.BertForSequenceClassification.from_pretrained(model_dir, num_labels=2)
+    inputs = tok("Hello, my dog is cute", return_tensors="pt")
+    outputs = model(**inputs, labels=torch.tensor([1]).unsqueeze(0))
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from plmkit.config import ModelConfig
+from plmkit.data.tokenizer import BertTokenizer, BPETokenizer, load_tokenizer
+from plmkit.errors import PlmkitError
+from plmkit.models import (MODEL_CLASSES, BertForMaskedLM, BertForNextSentencePrediction, BertForPreTraining,
+                           BertForQuestionAnswering, BertForSequenceClassification, BertForTokenClassification,
+                           BertModel, BertPreTrainedModel)
+
+__version__ = "0.1.0"
+
+
+def from_pretrained(name_or_path: str | Path, **config_overrides) -> BertPreTrainedModel:
+    """Load a Hugging Face BERT directory (or hub id) with whichever heads its weights have."""
+    from plmkit.interop import detect_architecture, resolve_model_dir
+
+    model_dir = resolve_model_dir(name_or_path)
+    return MODEL_CLASSES[detect_architecture(model_dir)].from_pretrained(model_dir, **config_overrides)
+
+
+__all__ = [
+    "BPETokenizer", "BertForMaskedLM", "BertForNextSentencePrediction", "BertForPreTraining",
+    "BertForQuestionAnswering", "BertForSequenceClassification", "BertForTokenClassification", "BertModel",
+    "BertPreTrainedModel", "BertTokenizer", "ModelConfig", "PlmkitError", "from_pretrained", "load_tokenizer",
+]

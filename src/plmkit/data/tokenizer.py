@@ -1,0 +1,498 @@
+"""Fast tokenizers on the `tokenizers` library, call-compatible with Hugging Face's for the common API.
+
+`BertTokenizer` (WordPiece, as `transformers.BertTokenizerFast`) and `BPETokenizer` (GPT-2 byte-level BPE, as
+`transformers.GPT2TokenizerFast`) share one calling convention: `tok(text, text_pair, padding=..., truncation=...,
+return_tensors=...)` returns a `BatchEncoding`. Both save a directory that `transformers.AutoTokenizer` loads with
+identical ids. Training lives in `plmkit.data.tokenizer_train`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
+from tokenizers.models import BPE, WordPiece
+
+from plmkit.errors import PlmkitError
+
+logger = logging.getLogger(__name__)
+
+PathLike = str | os.PathLike
+# Order of the special-token roles, as Hugging Face lists them.
+SPECIAL_ROLES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+BERT_SPECIALS = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
+                 "mask_token": "[MASK]"}
+GPT2_SPECIALS = {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}
+_PADDING = {False: None, "do_not_pad": None, True: "longest", "longest": "longest", "max_length": "max_length"}
+_TRUNCATION = {False: None, "do_not_truncate": None, True: "longest_first", "longest_first": "longest_first",
+               "only_first": "only_first", "only_second": "only_second"}
+
+
+class BatchEncoding(dict):
+    """The output of a tokenizer call: `input_ids`, `token_type_ids`, `attention_mask`, ... by key or attribute.
+
+    Values are lists (flat for a single text, nested for a batch) or, with `return_tensors`, arrays of shape (B, T)
+    (`offset_mapping`: (B, T, 2)). `encodings` keeps the `tokenizers.Encoding` of each row for `word_ids`.
+    """
+
+    def __init__(self, data: dict[str, Any], encodings: list | None = None) -> None:
+        super().__init__(data)
+        self.encodings = encodings or []
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def to(self, device: Any) -> BatchEncoding:
+        """Move every tensor value to `device` (in place, like Hugging Face's); returns self."""
+        for key, value in self.items():
+            if hasattr(value, "to"):
+                self[key] = value.to(device)
+        return self
+
+    def word_ids(self, batch_index: int = 0) -> list[int | None]:
+        """Index of the word each token comes from (None for special and padding tokens)."""
+        return self.encodings[batch_index].word_ids
+
+    def sequence_ids(self, batch_index: int = 0) -> list[int | None]:
+        """0 or 1 for tokens of the first or second text, None for special and padding tokens."""
+        return self.encodings[batch_index].sequence_ids
+
+
+def _token_str(value: Any) -> str | None:
+    """A special token as written in a tokenizer config: a string or an AddedToken dict."""
+    return value.get("content") if isinstance(value, dict) else value
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise PlmkitError(f"cannot read {path}: {err}".replace("\n", " ")) from err
+
+
+def _as_dir(path: PathLike) -> Path:
+    directory = Path(path)
+    if not directory.is_dir():
+        raise PlmkitError(f"tokenizer directory not found: {directory}")
+    return directory
+
+
+def _tensor(rows: list, return_tensors: str, key: str) -> Any:
+    if len({len(row) for row in rows}) > 1:
+        lengths = sorted({len(row) for row in rows})
+        raise PlmkitError(f"cannot make '{key}' a tensor: sequences have different lengths {lengths[:2]}...; "
+                          "pass padding=True (or padding='max_length')")
+    if return_tensors == "pt":
+        import torch
+
+        return torch.tensor(rows, dtype=torch.long)
+    import numpy as np
+
+    return np.array(rows, dtype=np.int64)
+
+
+class PretrainedTokenizer:
+    """What `BertTokenizer` and `BPETokenizer` share: calling, encoding, decoding, saving.
+
+    Wraps a `tokenizers.Tokenizer`; its truncation and padding are set on every call, as Hugging Face does.
+    """
+
+    model_input_names: tuple[str, ...] = ("input_ids", "attention_mask")
+    tokenizer_class = ""
+    bos_token: str | None
+    eos_token: str | None
+    unk_token: str | None
+    sep_token: str | None
+    pad_token: str | None
+    cls_token: str | None
+    mask_token: str | None
+    bos_token_id: int | None
+    eos_token_id: int | None
+    unk_token_id: int | None
+    sep_token_id: int | None
+    pad_token_id: int | None
+    cls_token_id: int | None
+    mask_token_id: int | None
+
+    def __init__(self, backend: Tokenizer, special_tokens: dict[str, str | None], model_max_length: int) -> None:
+        self._tokenizer = backend
+        self.model_max_length = model_max_length
+        roles = {role: token for role, token in special_tokens.items() if token is not None}
+        # Registered as added tokens so that e.g. "[MASK]" in a text is one token (a no-op when already there).
+        backend.add_special_tokens(list(dict.fromkeys(roles.values())))
+        for role in SPECIAL_ROLES:
+            token = roles.get(role)
+            setattr(self, role, token)
+            setattr(self, f"{role}_id", None if token is None else backend.token_to_id(token))
+        extra = [t.content for t in backend.get_added_tokens_decoder().values() if t.special]
+        self.all_special_tokens: list[str] = list(dict.fromkeys([*roles.values(), *extra]))
+        self.all_special_ids: list[int] = [backend.token_to_id(t) for t in self.all_special_tokens]
+        self._special_id_set = frozenset(self.all_special_ids)
+
+    @property
+    def backend_tokenizer(self) -> Tokenizer:
+        """The underlying `tokenizers.Tokenizer` (Hugging Face's name for it)."""
+        return self._tokenizer
+
+    @property
+    def vocab_size(self) -> int:
+        """Size of the model vocabulary, without tokens added on top of it."""
+        return self._tokenizer.get_vocab_size(with_added_tokens=False)
+
+    def __len__(self) -> int:
+        return self._tokenizer.get_vocab_size(with_added_tokens=True)
+
+    def get_vocab(self) -> dict[str, int]:
+        """Token → id, added tokens included."""
+        return self._tokenizer.get_vocab(with_added_tokens=True)
+
+    def _configure(self, truncation: str | None, max_length: int | None, padding: str | None) -> None:
+        if truncation is None:
+            self._tokenizer.no_truncation()
+        else:
+            self._tokenizer.enable_truncation(max_length, stride=0, strategy=truncation, direction="right")
+        if padding is None:
+            self._tokenizer.no_padding()
+        else:
+            if self.pad_token is None:
+                raise PlmkitError(f"{type(self).__name__} has no pad_token, so it cannot pad; set one or pad=False")
+            self._tokenizer.enable_padding(direction="right", pad_id=self.pad_token_id, pad_type_id=0,
+                                           pad_token=self.pad_token,
+                                           length=max_length if padding == "max_length" else None)
+
+    def __call__(
+        self,
+        text: str | Sequence[str] | Sequence[Sequence[str]],
+        text_pair: str | Sequence[str] | Sequence[Sequence[str]] | None = None,
+        *,
+        padding: bool | str = False,
+        truncation: bool | str | None = None,
+        max_length: int | None = None,
+        return_tensors: str | None = None,
+        return_token_type_ids: bool | None = None,
+        return_attention_mask: bool = True,
+        return_offsets_mapping: bool = False,
+        return_special_tokens_mask: bool = False,
+        add_special_tokens: bool = True,
+        is_split_into_words: bool = False,
+    ) -> BatchEncoding:
+        """Tokenize one text (or pair) or a batch of them.
+
+        padding: False, True / "longest" (to the longest in the batch) or "max_length".
+        truncation: False, True / "longest_first", "only_first" or "only_second"; without `max_length` it truncates
+        to `model_max_length`. As in Hugging Face, truncation=None with a max_length and no padding truncates
+        "longest_first". return_tensors: None (lists; a single text gives flat lists), "pt" or "np" (shape (B, T)).
+        is_split_into_words: text is a list of words (a batch: a list of such lists).
+        """
+        if padding not in _PADDING:
+            raise PlmkitError(f"unknown padding {padding!r}; choose from: False, True, 'longest', 'max_length'")
+        if truncation is None:
+            truncation = max_length is not None and padding is False
+        if truncation not in _TRUNCATION:
+            raise PlmkitError(f"unknown truncation {truncation!r}; choose from: False, True, 'longest_first', "
+                              "'only_first', 'only_second'")
+        if return_tensors not in (None, "pt", "np"):
+            raise PlmkitError(f"unknown return_tensors {return_tensors!r}; choose from: None, 'pt', 'np'")
+        pad, trunc = _PADDING[padding], _TRUNCATION[truncation]
+        if max_length is None and (trunc is not None or pad == "max_length"):
+            max_length = self.model_max_length
+        batched, inputs = _batch_inputs(text, text_pair, is_split_into_words)
+        self._configure(trunc, max_length, pad)
+        try:
+            encodings = self._tokenizer.encode_batch(inputs, is_pretokenized=is_split_into_words,
+                                                     add_special_tokens=add_special_tokens)
+        except Exception as err:  # the Rust side raises plain Exceptions, e.g. for an impossible truncation
+            raise PlmkitError(f"cannot tokenize: {err}".replace("\n", " ")) from err
+        if return_token_type_ids is None:
+            return_token_type_ids = "token_type_ids" in self.model_input_names
+        data: dict[str, list] = {"input_ids": [e.ids for e in encodings]}
+        if return_token_type_ids:
+            data["token_type_ids"] = [e.type_ids for e in encodings]
+        if return_attention_mask:
+            data["attention_mask"] = [e.attention_mask for e in encodings]
+        if return_special_tokens_mask:
+            data["special_tokens_mask"] = [e.special_tokens_mask for e in encodings]
+        if return_offsets_mapping:
+            data["offset_mapping"] = [e.offsets for e in encodings]
+        if return_tensors is not None:
+            data = {key: _tensor(rows, return_tensors, key) for key, rows in data.items()}
+        elif not batched:
+            data = {key: rows[0] for key, rows in data.items()}
+        return BatchEncoding(data, encodings)
+
+    def encode(self, text: str, text_pair: str | None = None, *, add_special_tokens: bool = True,
+               truncation: bool | str | None = None, max_length: int | None = None,
+               padding: bool | str = False) -> list[int]:
+        """Token ids of one text (or pair), special tokens included by default."""
+        if not isinstance(text, str):
+            raise PlmkitError(f"encode takes one text (a str), got {type(text).__name__}; call the tokenizer for a batch")
+        return self(text, text_pair, add_special_tokens=add_special_tokens, truncation=truncation,
+                    max_length=max_length, padding=padding)["input_ids"]
+
+    def tokenize(self, text: str) -> list[str]:
+        """Tokens of `text`, without special tokens."""
+        self._configure(None, None, None)
+        return self._tokenizer.encode(text, add_special_tokens=False).tokens
+
+    def decode(self, ids: Any, skip_special_tokens: bool = True) -> str:
+        """Text of a sequence of ids (a list, 1-D tensor or array). Note: skips special tokens by default."""
+        ids = ids.tolist() if hasattr(ids, "tolist") else ids
+        return self._tokenizer.decode([ids] if isinstance(ids, int) else list(ids),
+                                      skip_special_tokens=skip_special_tokens)
+
+    def batch_decode(self, sequences: Any, skip_special_tokens: bool = True) -> list[str]:
+        """`decode` for each row of a list of id lists or a (B, T) tensor."""
+        sequences = sequences.tolist() if hasattr(sequences, "tolist") else sequences
+        return self._tokenizer.decode_batch([list(s) for s in sequences], skip_special_tokens=skip_special_tokens)
+
+    def convert_tokens_to_ids(self, tokens: str | Sequence[str]) -> int | None | list[int | None]:
+        """Id of a token (or of each token); unknown tokens give `unk_token_id`."""
+        if isinstance(tokens, str):
+            token_id = self._tokenizer.token_to_id(tokens)
+            return self.unk_token_id if token_id is None else token_id
+        return [self.convert_tokens_to_ids(token) for token in tokens]
+
+    def convert_ids_to_tokens(self, ids: int | Sequence[int]) -> str | None | list[str | None]:
+        """Token of an id (or of each id)."""
+        ids = ids.tolist() if hasattr(ids, "tolist") else ids
+        if isinstance(ids, int):
+            return self._tokenizer.id_to_token(ids)
+        return [self._tokenizer.id_to_token(i) for i in ids]
+
+    def get_special_tokens_mask(self, ids: Any) -> list[int]:
+        """1 where an id (of a sequence that already has its special tokens) is a special token, else 0.
+
+        Hugging Face's `get_special_tokens_mask(ids, already_has_special_tokens=True)`; used to keep masking off
+        [CLS], [SEP] and [PAD] in pretraining.
+        """
+        ids = ids.tolist() if hasattr(ids, "tolist") else ids
+        return [int(i in self._special_id_set) for i in ids]
+
+    def _config(self) -> dict[str, Any]:
+        """tokenizer_config.json contents (subclasses add their keys)."""
+        roles = {role: getattr(self, role) for role in SPECIAL_ROLES if getattr(self, role) is not None}
+        return {"tokenizer_class": self.tokenizer_class, "model_max_length": self.model_max_length, **roles}
+
+    def save_pretrained(self, directory: PathLike) -> list[Path]:
+        """Write tokenizer.json, the model's vocabulary files, tokenizer_config.json and special_tokens_map.json."""
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        self._configure(None, None, None)
+        self._tokenizer.save(str(out / "tokenizer.json"))
+        written = [out / "tokenizer.json", *map(Path, self._tokenizer.model.save(str(out)))]
+        config = self._config()
+        special_map = {role: config[role] for role in SPECIAL_ROLES if role in config}
+        for name, content in (("tokenizer_config.json", config), ("special_tokens_map.json", special_map)):
+            (out / name).write_text(json.dumps(content, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+            written.append(out / name)
+        logger.info("saved %s (%d tokens) to %s", type(self).__name__, len(self), out)
+        return written
+
+
+def _batch_inputs(text: Any, text_pair: Any, split: bool) -> tuple[bool, list]:
+    """(is a batch, inputs for `encode_batch`), checking the types and that pairs line up."""
+    def is_one(x: Any) -> bool:
+        return (isinstance(x, (list, tuple)) and all(isinstance(w, str) for w in x)) if split else isinstance(x, str)
+
+    def rows(x: Any, name: str) -> tuple[bool, list]:
+        if is_one(x):
+            return False, [x]
+        if isinstance(x, (list, tuple)) and all(is_one(item) for item in x):
+            return True, list(x)
+        kind = "a list of words or a list of such lists" if split else "a str or a list of str"
+        raise PlmkitError(f"{name} must be {kind}, got {type(x).__name__}")
+
+    batched, texts = rows(text, "text")
+    if text_pair is None:
+        return batched, texts
+    pair_batched, pairs = rows(text_pair, "text_pair")
+    if pair_batched != batched or len(pairs) != len(texts):
+        raise PlmkitError(f"text_pair must match text: got {len(texts)} texts and {len(pairs)} pairs")
+    return batched, list(zip(texts, pairs))
+
+
+def _bert_template(backend: Tokenizer, cls_token: str, sep_token: str) -> processors.TemplateProcessing:
+    """`[CLS] $A [SEP]` / `[CLS] $A [SEP] $B:1 [SEP]:1`, as Hugging Face builds it."""
+    ids = [(cls_token, backend.token_to_id(cls_token)), (sep_token, backend.token_to_id(sep_token))]
+    return processors.TemplateProcessing(single=f"{cls_token}:0 $A:0 {sep_token}:0",
+                                         pair=f"{cls_token}:0 $A:0 {sep_token}:0 $B:1 {sep_token}:1",
+                                         special_tokens=ids)
+
+
+def bert_backend(vocab: dict[str, int] | None = None, *, lowercase: bool = True, strip_accents: bool | None = None,
+                 tokenize_chinese_chars: bool = True, unk_token: str = "[UNK]") -> Tokenizer:
+    """The WordPiece pipeline of BERT, without its post-processor (it needs the [CLS]/[SEP] ids)."""
+    backend = Tokenizer(WordPiece(vocab, unk_token=unk_token, max_input_chars_per_word=100) if vocab is not None
+                        else WordPiece(unk_token=unk_token, max_input_chars_per_word=100))
+    backend.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=tokenize_chinese_chars,
+                                                    strip_accents=strip_accents, lowercase=lowercase)
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.decoder = decoders.WordPiece(prefix="##")
+    return backend
+
+
+class BertTokenizer(PretrainedTokenizer):
+    """A fast BERT (WordPiece) tokenizer that gives the ids of `transformers.BertTokenizerFast`."""
+
+    model_input_names = ("input_ids", "token_type_ids", "attention_mask")
+    tokenizer_class = "BertTokenizer"
+
+    def __init__(self, backend: Tokenizer, *, special_tokens: dict[str, str | None] | None = None,
+                 model_max_length: int = 512, add_template: bool = False) -> None:
+        """Wrap a WordPiece `backend`; `add_template` sets the [CLS]/[SEP] post-processor (needs both in vocab)."""
+        specials = {**BERT_SPECIALS, **(special_tokens or {})}
+        super().__init__(backend, specials, model_max_length)
+        if add_template:
+            backend.post_processor = _bert_template(backend, self.cls_token, self.sep_token)
+
+    def _normalizer_flag(self, name: str, default: Any) -> Any:
+        normalizer = self._tokenizer.normalizer
+        return getattr(normalizer, name) if isinstance(normalizer, normalizers.BertNormalizer) else default
+
+    @property
+    def do_lower_case(self) -> bool:
+        return self._normalizer_flag("lowercase", True)
+
+    @property
+    def strip_accents(self) -> bool | None:
+        return self._normalizer_flag("strip_accents", None)
+
+    @property
+    def tokenize_chinese_chars(self) -> bool:
+        return self._normalizer_flag("handle_chinese_chars", True)
+
+    @classmethod
+    def from_file(cls, vocab_file: PathLike, *, lowercase: bool = True, strip_accents: bool | None = None,
+                  tokenize_chinese_chars: bool = True, model_max_length: int = 512,
+                  special_tokens: dict[str, str | None] | None = None) -> BertTokenizer:
+        """Build the pipeline Hugging Face builds from a WordPiece vocab.txt (one token a line, id = line number)."""
+        path = Path(vocab_file)
+        if not path.is_file():
+            raise PlmkitError(f"vocab file not found: {path}")
+        try:
+            vocab = WordPiece.read_file(str(path))
+        except Exception as err:
+            raise PlmkitError(f"cannot read vocab file {path}: {err}".replace("\n", " ")) from err
+        specials = {**BERT_SPECIALS, **(special_tokens or {})}
+        backend = bert_backend(vocab, lowercase=lowercase, strip_accents=strip_accents,
+                               tokenize_chinese_chars=tokenize_chinese_chars, unk_token=specials["unk_token"])
+        return cls(backend, special_tokens=specials, model_max_length=model_max_length, add_template=True)
+
+    @classmethod
+    def from_pretrained(cls, path: PathLike) -> BertTokenizer:
+        """Load a directory holding tokenizer.json (preferred) or vocab.txt, plus optional tokenizer_config.json."""
+        directory = _as_dir(path)
+        config = _read_json(directory / "tokenizer_config.json") if (directory / "tokenizer_config.json").is_file() \
+            else {}
+        specials = {role: _token_str(config[role]) for role in BERT_SPECIALS if config.get(role)}
+        max_len = int(config.get("model_max_length", 512))
+        if (directory / "tokenizer.json").is_file():
+            backend = _load_backend(directory / "tokenizer.json")
+            return cls(backend, special_tokens=specials, model_max_length=max_len)
+        if not (directory / "vocab.txt").is_file():
+            raise PlmkitError(f"no tokenizer.json or vocab.txt in {directory}")
+        return cls.from_file(directory / "vocab.txt", lowercase=config.get("do_lower_case", True),
+                             strip_accents=config.get("strip_accents"),
+                             tokenize_chinese_chars=config.get("tokenize_chinese_chars", True),
+                             model_max_length=max_len, special_tokens=specials)
+
+    def _config(self) -> dict[str, Any]:
+        if not isinstance(self._tokenizer.normalizer, normalizers.BertNormalizer):
+            logger.warning("normalizer is not a BertNormalizer; Hugging Face will rebuild it from tokenizer_config")
+        return {**super()._config(), "do_lower_case": self.do_lower_case, "strip_accents": self.strip_accents,
+                "tokenize_chinese_chars": self.tokenize_chinese_chars, "clean_up_tokenization_spaces": False}
+
+
+class BPETokenizer(PretrainedTokenizer):
+    """A GPT-2 style byte-level BPE tokenizer that gives the ids of `transformers.GPT2TokenizerFast`.
+
+    No token is added around a text (`add_special_tokens` changes nothing) and there is no pad token unless given.
+    """
+
+    tokenizer_class = "GPT2Tokenizer"
+
+    def __init__(self, backend: Tokenizer, *, special_tokens: dict[str, str | None] | None = None,
+                 model_max_length: int = 1024) -> None:
+        defaults = {role: tok for role, tok in GPT2_SPECIALS.items() if backend.token_to_id(tok) is not None}
+        super().__init__(backend, {**defaults, **(special_tokens or {})}, model_max_length)
+
+    @classmethod
+    def from_files(cls, vocab_file: PathLike, merges_file: PathLike, *, model_max_length: int = 1024,
+                   special_tokens: dict[str, str | None] | None = None) -> BPETokenizer:
+        """Build the GPT-2 pipeline from vocab.json and merges.txt."""
+        for path in (Path(vocab_file), Path(merges_file)):
+            if not path.is_file():
+                raise PlmkitError(f"BPE file not found: {path}")
+        try:
+            vocab, merges = BPE.read_file(str(vocab_file), str(merges_file))
+        except Exception as err:
+            raise PlmkitError(f"cannot read {vocab_file} / {merges_file}: {err}".replace("\n", " ")) from err
+        backend = Tokenizer(BPE(vocab, merges, dropout=None, continuing_subword_prefix="", end_of_word_suffix="",
+                                fuse_unk=False))
+        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        backend.decoder = decoders.ByteLevel()
+        return cls(backend, special_tokens=special_tokens, model_max_length=model_max_length)
+
+    @classmethod
+    def from_pretrained(cls, path: PathLike) -> BPETokenizer:
+        """Load a directory holding tokenizer.json (preferred) or vocab.json + merges.txt."""
+        directory = _as_dir(path)
+        config = _read_json(directory / "tokenizer_config.json") if (directory / "tokenizer_config.json").is_file() \
+            else {}
+        specials = {role: _token_str(config[role]) for role in SPECIAL_ROLES if config.get(role)}
+        max_len = int(config.get("model_max_length", 1024))
+        if (directory / "tokenizer.json").is_file():
+            return cls(_load_backend(directory / "tokenizer.json"), special_tokens=specials, model_max_length=max_len)
+        if not (directory / "vocab.json").is_file() or not (directory / "merges.txt").is_file():
+            raise PlmkitError(f"no tokenizer.json or vocab.json + merges.txt in {directory}")
+        return cls.from_files(directory / "vocab.json", directory / "merges.txt", model_max_length=max_len,
+                              special_tokens=specials)
+
+    def _config(self) -> dict[str, Any]:
+        return {**super()._config(), "add_prefix_space": False, "errors": "replace"}
+
+
+def _load_backend(path: Path) -> Tokenizer:
+    try:
+        backend = Tokenizer.from_file(str(path))
+    except Exception as err:
+        raise PlmkitError(f"cannot read {path}: {err}".replace("\n", " ")) from err
+    # Truncation/padding baked into a tokenizer.json are ignored, as Hugging Face does: they are set per call.
+    backend.no_truncation()
+    backend.no_padding()
+    return backend
+
+
+def load_tokenizer(path: PathLike) -> BertTokenizer | BPETokenizer:
+    """Load a tokenizer directory as `BertTokenizer` or `BPETokenizer`, by what it holds.
+
+    Decided by tokenizer_config.json's tokenizer_class, else the model type in tokenizer.json, else the vocabulary
+    files (vocab.txt: WordPiece; vocab.json + merges.txt: BPE).
+    """
+    directory = _as_dir(path)
+    kinds = {"BertTokenizer": BertTokenizer, "BertTokenizerFast": BertTokenizer, "GPT2Tokenizer": BPETokenizer,
+             "GPT2TokenizerFast": BPETokenizer}
+    if (directory / "tokenizer_config.json").is_file():
+        name = _read_json(directory / "tokenizer_config.json").get("tokenizer_class")
+        if name in kinds:
+            return kinds[name].from_pretrained(directory)
+    if (directory / "tokenizer.json").is_file():
+        model_type = _read_json(directory / "tokenizer.json").get("model", {}).get("type")
+        by_model = {"WordPiece": BertTokenizer, "BPE": BPETokenizer}
+        if model_type not in by_model:
+            raise PlmkitError(f"{directory / 'tokenizer.json'}: unsupported model type {model_type!r}; "
+                              "choose from: WordPiece, BPE")
+        return by_model[model_type].from_pretrained(directory)
+    if (directory / "vocab.txt").is_file():
+        return BertTokenizer.from_pretrained(directory)
+    if (directory / "vocab.json").is_file():
+        return BPETokenizer.from_pretrained(directory)
+    raise PlmkitError(f"no tokenizer files (tokenizer.json, vocab.txt or vocab.json + merges.txt) in {directory}")

@@ -1,0 +1,43 @@
+"""Masked-LM head: transform (dense + activation + LayerNorm), then a decoder tied to the input embeddings."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from plmkit.layers import get_activation
+
+IGNORE_INDEX = -100
+
+
+class MaskedLMHead(nn.Module):
+    """Scores every vocabulary entry at each position.
+
+    With `tied_embedding` the decoder weight *is* the token embedding matrix (no copy, as BERT); otherwise the
+    head owns a `decoder` of its own. `bias` is the per-token output bias.
+    """
+
+    def __init__(self, hidden_size: int, vocab_size: int, activation: str, layer_norm_eps: float,
+                 tied_embedding: nn.Embedding | None = None) -> None:
+        super().__init__()
+        self.transform = nn.Linear(hidden_size, hidden_size)
+        self.act = get_activation(activation)
+        self.norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+        self.bias = nn.Parameter(torch.zeros(vocab_size))
+        # A plain attribute, not a submodule: the embedding is registered (and saved) by its owner.
+        self._tied = [tied_embedding] if tied_embedding is not None else None
+        self.decoder = None if tied_embedding is not None else nn.Linear(hidden_size, vocab_size, bias=False)
+
+    @property
+    def decoder_weight(self) -> torch.Tensor:
+        return self._tied[0].weight if self._tied is not None else self.decoder.weight
+
+    def forward(self, hidden: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """hidden (B, T, C) -> logits (B, T, V); loss = cross-entropy over positions whose label is not -100."""
+        h = self.norm(self.act(self.transform(hidden)))
+        logits = F.linear(h, self.decoder_weight, self.bias)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX)
+        return logits, loss

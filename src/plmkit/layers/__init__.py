@@ -1,0 +1,8 @@
+"""Building blocks of a Transformer: embeddings, attention, feed-forward, block. Each is wired by a builder."""
+
+from plmkit.layers.attention import SelfAttention
+from plmkit.layers.block import TransformerBlock
+from plmkit.layers.embeddings import Embeddings
+from plmkit.layers.feedforward import ACTIVATIONS, FeedForward, get_activation
+
+__all__ = ["ACTIVATIONS", "Embeddings", "FeedForward", "SelfAttention", "TransformerBlock", "get_activation"]

@@ -1,0 +1,49 @@
+"""Multi-head scaled dot-product self-attention: softmax(Q Kᵀ / √d_k) V over `num_heads` heads."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class SelfAttention(nn.Module):
+    """Bidirectional multi-head self-attention with one fused Q/K/V projection.
+
+    Q, K and V come from a single (C -> 3C) matmul, which is faster than three; the interop maps split
+    and fuse it for Hugging Face's separate `query`/`key`/`value` weights.
+    """
+
+    def __init__(self, hidden_size: int, num_heads: int, dropout: float = 0.0, bias: bool = True) -> None:
+        super().__init__()
+        if hidden_size % num_heads != 0:
+            raise ValueError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = hidden_size // num_heads
+        self.qkv_proj = nn.Linear(hidden_size, 3 * hidden_size, bias=bias)
+        self.out_proj = nn.Linear(hidden_size, hidden_size, bias=bias)
+        self.dropout = dropout
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                return_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x (B, T, C); attn_mask broadcastable to (B, H, T, T), True where a query may attend to a key.
+
+        Returns the output (B, T, C) and, when `return_weights`, the attention probabilities (B, H, T, T).
+        """
+        B, T, C = x.shape
+        q, k, v = self.qkv_proj(x).view(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, D)
+        dropout_p = self.dropout if self.training else 0.0
+        weights = None
+        if return_weights:
+            # The explicit form, for attention views; SDPA computes the same thing without materialising it.
+            scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)  # (B, H, T, T)
+            if attn_mask is not None:
+                scores = scores.masked_fill(~attn_mask, torch.finfo(scores.dtype).min)
+            weights = scores.softmax(dim=-1)
+            y = F.dropout(weights, p=dropout_p, training=self.training) @ v
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)  # (B, H, T, D)
+        y = y.transpose(1, 2).reshape(B, T, C)
+        return self.out_proj(y), weights

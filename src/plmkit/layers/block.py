@@ -1,0 +1,29 @@
+"""One Transformer layer, composed from the attention, feed-forward and norm modules it is given."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class TransformerBlock(nn.Module):
+    """Residual attention + feed-forward, with the norms after the residual add (post-LN, BERT)
+    or before each sub-layer (pre-LN, GPT-2 and most modern encoders)."""
+
+    def __init__(self, attn: nn.Module, mlp: nn.Module, attn_norm: nn.Module, mlp_norm: nn.Module,
+                 dropout: float, norm_position: str = "post") -> None:
+        super().__init__()
+        self.attn, self.mlp, self.attn_norm, self.mlp_norm = attn, mlp, attn_norm, mlp_norm
+        self.dropout = nn.Dropout(dropout)
+        self.pre_norm = norm_position == "pre"
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                return_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x (B, T, C) -> (B, T, C), and the attention probabilities when asked."""
+        if self.pre_norm:
+            a, weights = self.attn(self.attn_norm(x), attn_mask, return_weights)
+            x = x + self.dropout(a)
+            return x + self.dropout(self.mlp(self.mlp_norm(x))), weights
+        a, weights = self.attn(x, attn_mask, return_weights)
+        x = self.attn_norm(x + self.dropout(a))
+        return self.mlp_norm(x + self.dropout(self.mlp(x))), weights

@@ -1,0 +1,43 @@
+"""Input embeddings: token + learned absolute position + segment (token type), then LayerNorm and dropout."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Embeddings(nn.Module):
+    """Sum of token, position and (optionally) segment embeddings, as BERT.
+
+    `type_vocab_size=0` means no segment embedding (RoBERTa-style single-segment models).
+    """
+
+    def __init__(self, vocab_size: int, hidden_size: int, max_positions: int, type_vocab_size: int,
+                 layer_norm_eps: float, dropout: float, pad_token_id: int | None = None) -> None:
+        super().__init__()
+        self.token = nn.Embedding(vocab_size, hidden_size, padding_idx=pad_token_id)
+        self.position = nn.Embedding(max_positions, hidden_size)
+        self.segment = nn.Embedding(type_vocab_size, hidden_size) if type_vocab_size > 0 else None
+        self.norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids (B, T) -> embeddings (B, T, C)."""
+        seq_len = input_ids.shape[1]
+        if seq_len > self.position.num_embeddings:
+            raise ValueError(f"sequence length {seq_len} exceeds max_position_embeddings "
+                             f"{self.position.num_embeddings}; truncate the input")
+        if position_ids is None:
+            # (T, C) broadcasts over the batch: no index tensor to build per call.
+            x = self.token(input_ids) + self.position.weight[:seq_len]
+        else:
+            x = self.token(input_ids) + self.position(position_ids)
+        if self.segment is not None:
+            if token_type_ids is None:
+                x = x + self.segment.weight[0]
+            else:
+                x = x + self.segment(token_type_ids)
+        elif token_type_ids is not None and bool(token_type_ids.any()):
+            raise ValueError("token_type_ids were given but the model has no segment embedding (type_vocab_size=0)")
+        return self.dropout(self.norm(x))

@@ -1,0 +1,67 @@
+"""The bidirectional Transformer encoder (BERT's backbone), built from a `ModelConfig`."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from plmkit.config import ModelConfig
+from plmkit.layers import Embeddings, FeedForward, SelfAttention, TransformerBlock
+from plmkit.outputs import EncoderOutput
+
+
+def build_block(config: ModelConfig) -> TransformerBlock:
+    """Wire one layer from the config: the block itself knows nothing of configs."""
+    return TransformerBlock(
+        attn=SelfAttention(config.hidden_size, config.num_heads, config.attention_dropout),
+        mlp=FeedForward(config.hidden_size, config.intermediate_size, config.activation),
+        attn_norm=nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps),
+        mlp_norm=nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps),
+        dropout=config.hidden_dropout,
+        norm_position=config.norm_position,
+    )
+
+
+def padding_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """(B, T) of 1 = token, 0 = padding -> boolean (B, 1, 1, T) for SDPA, True where a key may be attended.
+
+    An all-ones mask becomes None, so unpadded batches take SDPA's fastest path.
+    """
+    if attention_mask is None or bool(attention_mask.all()):
+        return None
+    return attention_mask.bool()[:, None, None, :]
+
+
+class Encoder(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed = Embeddings(config.vocab_size, config.hidden_size, config.max_position_embeddings,
+                                config.type_vocab_size, config.layer_norm_eps, config.hidden_dropout,
+                                config.pad_token_id)
+        self.layers = nn.ModuleList(build_block(config) for _ in range(config.num_layers))
+        # Pre-LN leaves the residual stream unnormalised; post-LN already ends in a norm.
+        self.final_norm = (nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+                           if config.norm_position == "pre" else None)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                output_hidden_states: bool = False, output_attentions: bool = False) -> EncoderOutput:
+        """input_ids (B, T) -> last_hidden_state (B, T, C)."""
+        x = self.embed(input_ids, token_type_ids, position_ids)
+        mask = padding_mask(attention_mask)
+        hidden_states = [x] if output_hidden_states else None
+        attentions = [] if output_attentions else None
+        for layer in self.layers:
+            x, weights = layer(x, mask, output_attentions)
+            if hidden_states is not None:
+                hidden_states.append(x)
+            if attentions is not None:
+                attentions.append(weights)
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+            if hidden_states is not None:
+                hidden_states[-1] = x
+        return EncoderOutput(last_hidden_state=x,
+                             hidden_states=tuple(hidden_states) if hidden_states is not None else None,
+                             attentions=tuple(attentions) if attentions is not None else None)
