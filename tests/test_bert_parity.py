@@ -40,6 +40,7 @@ def make_labels(arch: str, cfg: dict, inputs: dict, num_labels: int, problem: st
     if arch == "BertForMaskedLM":
         labels = torch.randint(0, cfg["vocab_size"], (B, T), generator=g)
         labels[torch.rand(B, T, generator=g) > 0.3] = -100
+        labels[inputs["attention_mask"] == 0] = -100
         return {"labels": labels}
     if arch == "BertForPreTraining":
         labels = make_labels("BertForMaskedLM", cfg, inputs, num_labels, problem, seed)["labels"]
@@ -65,6 +66,7 @@ def make_labels(arch: str, cfg: dict, inputs: dict, num_labels: int, problem: st
 
 OUTPUT_FIELDS = ["loss", "logits", "prediction_logits", "seq_relationship_logits", "start_logits", "end_logits",
                  "last_hidden_state", "pooler_output"]
+PER_TOKEN = {"prediction_logits", "start_logits", "end_logits", "last_hidden_state"}
 
 CASES = [
     ("BertModel", None, 2), ("BertForMaskedLM", None, 2), ("BertForPreTraining", None, 2),
@@ -86,35 +88,55 @@ def hf_model(arch: str, cfg: dict, num_labels: int, problem: str | None, seed: i
     return model
 
 
-def compare(hf_out, ours, hidden: bool = True) -> None:
+def compare(hf_out, ours, real: torch.Tensor | None = None, per_token_logits: bool = False) -> None:
+    """Every output field equal within ATOL. With `real` (the attention mask of an unpadded run), per-token
+    outputs are compared at real tokens, and hidden states must be zero at padded ones."""
+    per_token = PER_TOKEN | ({"logits"} if per_token_logits else set())
     for field in OUTPUT_FIELDS:
         theirs = getattr(hf_out, field, None)
         if theirs is None:
             continue
         mine = getattr(ours, field)
         assert mine is not None, field
+        if real is not None and field in per_token:
+            mine, theirs = mine[real], theirs[real]
         torch.testing.assert_close(mine, theirs, atol=ATOL, rtol=1e-5, msg=lambda m, f=field: f"{f}: {m}")
-    if hidden:
-        assert len(ours.hidden_states) == len(hf_out.hidden_states)
-        for mine, theirs in zip(ours.hidden_states, hf_out.hidden_states, strict=True):
-            torch.testing.assert_close(mine, theirs, atol=ATOL, rtol=1e-5)
+    assert len(ours.hidden_states) == len(hf_out.hidden_states)
+    for mine, theirs in zip(ours.hidden_states, hf_out.hidden_states, strict=True):
+        if real is not None:
+            assert not mine[~real].any(), "padded positions must be zero on the unpadded path"
+            mine, theirs = mine[real], theirs[real]
+        torch.testing.assert_close(mine, theirs, atol=ATOL, rtol=1e-5)
 
 
 @pytest.mark.parametrize("size", list(CONFIGS))
 @pytest.mark.parametrize("arch,problem,num_labels", CASES)
 @pytest.mark.parametrize("token_types", [True, False], ids=["segments", "no-segments"])
-def test_hf_to_plmkit_parity(tmp_path, size, arch, problem, num_labels, token_types):
+@pytest.mark.parametrize("unpad", [False, True], ids=["padded", "unpadded"])
+def test_hf_to_plmkit_parity(tmp_path, size, arch, problem, num_labels, token_types, unpad):
     cfg = CONFIGS[size]
     hf = hf_model(arch, cfg, num_labels, problem)
     hf.save_pretrained(tmp_path)
     ours = MODEL_CLASSES[arch].from_pretrained(tmp_path)
     assert not ours.training
+    ours.encoder.unpad = unpad
     inputs = make_inputs(cfg, token_types=token_types)
     labels = make_labels(arch, cfg, inputs, num_labels, problem)
+    if unpad and arch == "BertForQuestionAnswering":
+        # transformers' span loss takes its softmax over padded positions too, whose logits differ on the
+        # unpadded path; the loss is compared on the padded path above and on an unpadded batch below.
+        labels = {}
     with torch.no_grad():
         theirs = hf(**inputs, **labels, output_hidden_states=True)
         mine = ours(**inputs, **labels, output_hidden_states=True)
-    compare(theirs, mine)
+    real = inputs["attention_mask"].bool() if unpad else None
+    compare(theirs, mine, real=real, per_token_logits=arch in ("BertForMaskedLM", "BertForTokenClassification"))
+    if unpad and arch == "BertForQuestionAnswering":
+        full = {k: v[:1, :] for k, v in inputs.items()}  # row 0 has no padding
+        labels = make_labels(arch, cfg, full, num_labels, problem)
+        labels = {k: v[:1] for k, v in labels.items()}
+        with torch.no_grad():
+            torch.testing.assert_close(ours(**full, **labels).loss, hf(**full, **labels).loss, atol=ATOL, rtol=1e-5)
     # The package-level loader finds the same heads from the weights alone.
     assert type(plmkit.from_pretrained(tmp_path)).__name__ == arch
 
@@ -131,6 +153,7 @@ def test_plmkit_to_hf_round_trip(tmp_path, arch, problem, num_labels):
     hf.eval()
     inputs = make_inputs(cfg)
     labels = make_labels(arch, cfg, inputs, num_labels, problem)
+    ours.encoder.unpad = False
     with torch.no_grad():
         compare(hf(**inputs, **labels, output_hidden_states=True), ours(**inputs, **labels, output_hidden_states=True))
     # and back again into plmkit, bit for bit
@@ -144,6 +167,7 @@ def test_attentions_match_hf(tmp_path):
     hf = transformers.BertModel(transformers.BertConfig(**cfg, attn_implementation="eager")).eval()
     hf.save_pretrained(tmp_path)
     ours = plmkit.BertModel.from_pretrained(tmp_path)
+    ours.encoder.unpad = False
     inputs = make_inputs(cfg)
     with torch.no_grad():
         theirs = hf(**inputs, output_attentions=True)

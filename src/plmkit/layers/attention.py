@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from plmkit.layers.packing import Packing
+
 
 class SelfAttention(nn.Module):
     """Bidirectional multi-head self-attention with one fused Q/K/V projection.
@@ -26,14 +28,19 @@ class SelfAttention(nn.Module):
         self.out_proj = nn.Linear(hidden_size, hidden_size, bias=bias)
         self.dropout = dropout
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
-                return_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x (B, T, C); attn_mask broadcastable to (B, H, T, T), True where a query may attend to a key.
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, return_weights: bool = False,
+                packing: Packing | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x (B, T, C), or (N, C) real tokens with `packing`; attn_mask broadcastable to (B, H, T, T), True where a
+        query may attend to a key.
 
-        Returns the output (B, T, C) and, when `return_weights`, the attention probabilities (B, H, T, T).
+        Returns the output shaped as x and, when `return_weights`, the attention probabilities (B, H, T, T).
         """
-        B, T, C = x.shape
-        q, k, v = self.qkv_proj(x).view(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, D)
+        qkv = self.qkv_proj(x)
+        if packing is not None:
+            qkv = packing.unpack(qkv)  # attention mixes positions: it needs the (B, T) layout
+        B, T, C3 = qkv.shape
+        C = C3 // 3
+        q, k, v = qkv.view(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, D)
         dropout_p = self.dropout if self.training else 0.0
         weights = None
         if return_weights:
@@ -46,4 +53,6 @@ class SelfAttention(nn.Module):
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)  # (B, H, T, D)
         y = y.transpose(1, 2).reshape(B, T, C)
+        if packing is not None:
+            y = packing.pack(y)
         return self.out_proj(y), weights

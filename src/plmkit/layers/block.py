@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from plmkit.layers.packing import Packing
+
 
 class TransformerBlock(nn.Module):
     """Residual attention + feed-forward, with the norms after the residual add (post-LN, BERT)
@@ -17,13 +19,13 @@ class TransformerBlock(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.pre_norm = norm_position == "pre"
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
-                return_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x (B, T, C) -> (B, T, C), and the attention probabilities when asked."""
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, return_weights: bool = False,
+                packing: Packing | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x (B, T, C) -> (B, T, C), or (N, C) -> (N, C) with `packing`; and the attention probabilities when asked."""
         if self.pre_norm:
-            a, weights = self.attn(self.attn_norm(x), attn_mask, return_weights)
+            a, weights = self.attn(self.attn_norm(x), attn_mask, return_weights, packing)
             x = x + self.dropout(a)
             return x + self.dropout(self.mlp(self.mlp_norm(x))), weights
-        a, weights = self.attn(x, attn_mask, return_weights)
+        a, weights = self.attn(x, attn_mask, return_weights, packing)
         x = self.attn_norm(x + self.dropout(a))
         return self.mlp_norm(x + self.dropout(self.mlp(x))), weights

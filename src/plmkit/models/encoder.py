@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from plmkit.config import ModelConfig
-from plmkit.layers import Embeddings, FeedForward, SelfAttention, TransformerBlock
+from plmkit.layers import Embeddings, FeedForward, Packing, SelfAttention, TransformerBlock
 from plmkit.outputs import EncoderOutput
 
 
@@ -33,9 +33,17 @@ def padding_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
 
 
 class Encoder(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    """Embeddings, `num_layers` Transformer blocks and (pre-LN only) a final norm.
+
+    `unpad` is a speed setting, not part of the model: with it on (the default), a padded batch runs its
+    token-wise layers on real tokens only (see `plmkit.layers.packing`) and returns zeros at padded positions;
+    real positions are unchanged. Off, padded positions get the values `transformers` computes for them.
+    """
+
+    def __init__(self, config: ModelConfig, unpad: bool = True) -> None:
         super().__init__()
         self.config = config
+        self.unpad = unpad
         self.embed = Embeddings(config.vocab_size, config.hidden_size, config.max_position_embeddings,
                                 config.type_vocab_size, config.layer_norm_eps, config.hidden_dropout,
                                 config.pad_token_id)
@@ -50,18 +58,22 @@ class Encoder(nn.Module):
         """input_ids (B, T) -> last_hidden_state (B, T, C)."""
         x = self.embed(input_ids, token_type_ids, position_ids)
         mask = padding_mask(attention_mask)
-        hidden_states = [x] if output_hidden_states else None
+        packing = Packing.from_mask(attention_mask) if self.unpad and mask is not None else None
+        if packing is not None:
+            x = packing.pack(x)  # (N, C)
+        unpack = packing.unpack if packing is not None else (lambda t: t)
+        hidden_states = [unpack(x)] if output_hidden_states else None
         attentions = [] if output_attentions else None
         for layer in self.layers:
-            x, weights = layer(x, mask, output_attentions)
+            x, weights = layer(x, mask, output_attentions, packing)
             if hidden_states is not None:
-                hidden_states.append(x)
+                hidden_states.append(unpack(x))
             if attentions is not None:
                 attentions.append(weights)
         if self.final_norm is not None:
             x = self.final_norm(x)
             if hidden_states is not None:
-                hidden_states[-1] = x
-        return EncoderOutput(last_hidden_state=x,
+                hidden_states[-1] = unpack(x)
+        return EncoderOutput(last_hidden_state=unpack(x),
                              hidden_states=tuple(hidden_states) if hidden_states is not None else None,
                              attentions=tuple(attentions) if attentions is not None else None)
