@@ -150,11 +150,14 @@ class ModelConfig:
         if self.norm_position != "post":
             raise PlmkitError("config: only post-LN encoders (norm_position='post') can be saved in Hugging Face BERT "
                               "format; transformers has no pre-LN BERT")
+        if self.type_vocab_size == 0:
+            raise PlmkitError("config: transformers' BERT always has a segment embedding; type_vocab_size=0 cannot "
+                              "be saved in Hugging Face BERT format (use type_vocab_size=1)")
         ours = self.to_dict()
         d: dict[str, Any] = {"architectures": [architecture], "model_type": "bert"}
         for hf_key, our_key in _HF_TO_OURS.items():
             d[hf_key] = ours[our_key]
-        d["hidden_act"] = {v: k for k, v in _HF_ACT.items()}[self.activation]
+        d["hidden_act"] = _OURS_TO_HF_ACT[self.activation]
         d["position_embedding_type"] = "absolute"
         id2label = self.id2label or {i: f"LABEL_{i}" for i in range(self.num_labels)}
         d["id2label"] = {str(i): label for i, label in id2label.items()}
@@ -181,6 +184,7 @@ _HF_TO_OURS = {
     "problem_type": "problem_type",
 }
 _HF_ACT = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu", "silu": "silu"}
+_OURS_TO_HF_ACT = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "silu": "silu"}
 # Keys whose only supported value is the BERT encoder's.
 _HF_REQUIRED_VALUES = {"position_embedding_type": "absolute", "is_decoder": False, "add_cross_attention": False,
                        "is_encoder_decoder": False}

@@ -19,6 +19,7 @@ from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, process
 from tokenizers.models import BPE, WordPiece
 
 from plmkit.errors import PlmkitError
+from plmkit.interop.hub import looks_like_hub_id
 
 logger = logging.getLogger(__name__)
 
@@ -28,9 +29,15 @@ SPECIAL_ROLES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token"
 BERT_SPECIALS = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
                  "mask_token": "[MASK]"}
 GPT2_SPECIALS = {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}
-_PADDING = {False: None, "do_not_pad": None, True: "longest", "longest": "longest", "max_length": "max_length"}
+_PADDING = {None: None, False: None, "do_not_pad": None, True: "longest", "longest": "longest",
+            "max_length": "max_length"}
 _TRUNCATION = {False: None, "do_not_truncate": None, True: "longest_first", "longest_first": "longest_first",
                "only_first": "only_first", "only_second": "only_second"}
+# BatchEncoding key → tokenizers.Encoding attribute
+_ENCODING_FIELDS = {"input_ids": "ids", "token_type_ids": "type_ids", "attention_mask": "attention_mask",
+                    "special_tokens_mask": "special_tokens_mask", "offset_mapping": "offsets"}
+# A model_max_length this large means "no limit" (Hugging Face stores int(1e30) when a model has none).
+NO_MAX_LENGTH = int(1e20)
 
 
 class BatchEncoding(dict):
@@ -80,15 +87,28 @@ def _read_json(path: Path) -> dict:
 
 def _as_dir(path: PathLike) -> Path:
     directory = Path(path)
+    if not directory.exists() and looks_like_hub_id(str(path)):
+        from plmkit.interop.hub import resolve_model_dir
+
+        return resolve_model_dir(str(path))  # a hub id such as "bert-base-uncased": download, or one clear line
     if not directory.is_dir():
-        raise PlmkitError(f"tokenizer directory not found: {directory}")
+        what = "must be a directory, not a file" if directory.exists() else "not found"
+        raise PlmkitError(f"tokenizer directory {what}: {directory}")
     return directory
 
 
+def _read_dir(path: PathLike) -> tuple[Path, dict[str, Any], dict[str, str]]:
+    """(directory, its tokenizer_config.json or {}, the special tokens that config names by role)."""
+    directory = _as_dir(path)
+    config_file = directory / "tokenizer_config.json"
+    config = _read_json(config_file) if config_file.is_file() else {}
+    return directory, config, {role: _token_str(config[role]) for role in SPECIAL_ROLES if config.get(role)}
+
+
 def _tensor(rows: list, return_tensors: str, key: str) -> Any:
-    if len({len(row) for row in rows}) > 1:
-        lengths = sorted({len(row) for row in rows})
-        raise PlmkitError(f"cannot make '{key}' a tensor: sequences have different lengths {lengths[:2]}...; "
+    lengths = {len(row) for row in rows}
+    if len(lengths) > 1:
+        raise PlmkitError(f"cannot make '{key}' a tensor: sequences have lengths {min(lengths)} to {max(lengths)}; "
                           "pass padding=True (or padding='max_length')")
     if return_tensors == "pt":
         import torch
@@ -99,6 +119,24 @@ def _tensor(rows: list, return_tensors: str, key: str) -> Any:
     return np.array(rows, dtype=np.int64)
 
 
+class _SpecialToken:
+    """A special-token role on a tokenizer: `tok.pad_token` (settable, as in Hugging Face) and `tok.pad_token_id`."""
+
+    def __init__(self, role: str, as_id: bool = False) -> None:
+        self.role, self.as_id = role, as_id
+
+    def __get__(self, obj: PretrainedTokenizer | None, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        token = obj._specials.get(self.role)
+        return obj._tokenizer.token_to_id(token) if self.as_id and token is not None else token
+
+    def __set__(self, obj: PretrainedTokenizer, token: str | None) -> None:
+        if self.as_id:
+            raise AttributeError(f"set {self.role} (a token), not its id")
+        obj._set_special(self.role, token)
+
+
 class PretrainedTokenizer:
     """What `BertTokenizer` and `BPETokenizer` share: calling, encoding, decoding, saving.
 
@@ -107,35 +145,41 @@ class PretrainedTokenizer:
 
     model_input_names: tuple[str, ...] = ("input_ids", "attention_mask")
     tokenizer_class = ""
-    bos_token: str | None
-    eos_token: str | None
-    unk_token: str | None
-    sep_token: str | None
-    pad_token: str | None
-    cls_token: str | None
-    mask_token: str | None
-    bos_token_id: int | None
-    eos_token_id: int | None
-    unk_token_id: int | None
-    sep_token_id: int | None
-    pad_token_id: int | None
-    cls_token_id: int | None
-    mask_token_id: int | None
+    bos_token, bos_token_id = _SpecialToken("bos_token"), _SpecialToken("bos_token", as_id=True)
+    eos_token, eos_token_id = _SpecialToken("eos_token"), _SpecialToken("eos_token", as_id=True)
+    unk_token, unk_token_id = _SpecialToken("unk_token"), _SpecialToken("unk_token", as_id=True)
+    sep_token, sep_token_id = _SpecialToken("sep_token"), _SpecialToken("sep_token", as_id=True)
+    pad_token, pad_token_id = _SpecialToken("pad_token"), _SpecialToken("pad_token", as_id=True)
+    cls_token, cls_token_id = _SpecialToken("cls_token"), _SpecialToken("cls_token", as_id=True)
+    mask_token, mask_token_id = _SpecialToken("mask_token"), _SpecialToken("mask_token", as_id=True)
 
     def __init__(self, backend: Tokenizer, special_tokens: dict[str, str | None], model_max_length: int) -> None:
         self._tokenizer = backend
         self.model_max_length = model_max_length
-        roles = {role: token for role, token in special_tokens.items() if token is not None}
-        # Registered as added tokens so that e.g. "[MASK]" in a text is one token (a no-op when already there).
-        backend.add_special_tokens(list(dict.fromkeys(roles.values())))
-        for role in SPECIAL_ROLES:
-            token = roles.get(role)
-            setattr(self, role, token)
-            setattr(self, f"{role}_id", None if token is None else backend.token_to_id(token))
-        extra = [t.content for t in backend.get_added_tokens_decoder().values() if t.special]
-        self.all_special_tokens: list[str] = list(dict.fromkeys([*roles.values(), *extra]))
-        self.all_special_ids: list[int] = [backend.token_to_id(t) for t in self.all_special_tokens]
-        self._special_id_set = frozenset(self.all_special_ids)
+        self._specials: dict[str, str] = {}
+        for role, token in special_tokens.items():
+            self._set_special(role, token)
+
+    def _set_special(self, role: str, token: str | None) -> None:
+        if role not in SPECIAL_ROLES:
+            raise PlmkitError(f"unknown special token role {role!r}; choose from: {', '.join(SPECIAL_ROLES)}")
+        if token is None:
+            self._specials.pop(role, None)
+            return
+        # An added special token, so that e.g. "[MASK]" in a text is one token (a no-op when it already is one).
+        self._tokenizer.add_special_tokens([token])
+        self._specials[role] = token
+
+    @property
+    def all_special_tokens(self) -> list[str]:
+        """The role tokens, then any other special token of the backend."""
+        extra = [t.content for t in self._tokenizer.get_added_tokens_decoder().values() if t.special]
+        ordered = [self._specials[role] for role in SPECIAL_ROLES if role in self._specials]
+        return list(dict.fromkeys([*ordered, *extra]))
+
+    @property
+    def all_special_ids(self) -> list[int]:
+        return [self._tokenizer.token_to_id(token) for token in self.all_special_tokens]
 
     @property
     def backend_tokenizer(self) -> Tokenizer:
@@ -163,7 +207,7 @@ class PretrainedTokenizer:
             self._tokenizer.no_padding()
         else:
             if self.pad_token is None:
-                raise PlmkitError(f"{type(self).__name__} has no pad_token, so it cannot pad; set one or pad=False")
+                raise PlmkitError(f"{type(self).__name__} has no pad_token to pad with; set one (tok.pad_token = ...)")
             self._tokenizer.enable_padding(direction="right", pad_id=self.pad_token_id, pad_type_id=0,
                                            pad_token=self.pad_token,
                                            length=max_length if padding == "max_length" else None)
@@ -195,7 +239,7 @@ class PretrainedTokenizer:
         if padding not in _PADDING:
             raise PlmkitError(f"unknown padding {padding!r}; choose from: False, True, 'longest', 'max_length'")
         if truncation is None:
-            truncation = max_length is not None and padding is False
+            truncation = max_length is not None and _PADDING[padding] is None
         if truncation not in _TRUNCATION:
             raise PlmkitError(f"unknown truncation {truncation!r}; choose from: False, True, 'longest_first', "
                               "'only_first', 'only_second'")
@@ -204,6 +248,9 @@ class PretrainedTokenizer:
         pad, trunc = _PADDING[padding], _TRUNCATION[truncation]
         if max_length is None and (trunc is not None or pad == "max_length"):
             max_length = self.model_max_length
+            if max_length >= NO_MAX_LENGTH:
+                logger.warning("no max_length given and model_max_length is unset: not truncating or padding to it")
+                trunc, pad = None, (None if pad == "max_length" else pad)
         batched, inputs = _batch_inputs(text, text_pair, is_split_into_words)
         self._configure(trunc, max_length, pad)
         try:
@@ -213,15 +260,9 @@ class PretrainedTokenizer:
             raise PlmkitError(f"cannot tokenize: {err}".replace("\n", " ")) from err
         if return_token_type_ids is None:
             return_token_type_ids = "token_type_ids" in self.model_input_names
-        data: dict[str, list] = {"input_ids": [e.ids for e in encodings]}
-        if return_token_type_ids:
-            data["token_type_ids"] = [e.type_ids for e in encodings]
-        if return_attention_mask:
-            data["attention_mask"] = [e.attention_mask for e in encodings]
-        if return_special_tokens_mask:
-            data["special_tokens_mask"] = [e.special_tokens_mask for e in encodings]
-        if return_offsets_mapping:
-            data["offset_mapping"] = [e.offsets for e in encodings]
+        wanted = {"input_ids": True, "token_type_ids": return_token_type_ids, "attention_mask": return_attention_mask,
+                  "special_tokens_mask": return_special_tokens_mask, "offset_mapping": return_offsets_mapping}
+        data = {key: [getattr(e, _ENCODING_FIELDS[key]) for e in encodings] for key, keep in wanted.items() if keep}
         if return_tensors is not None:
             data = {key: _tensor(rows, return_tensors, key) for key, rows in data.items()}
         elif not batched:
@@ -233,7 +274,7 @@ class PretrainedTokenizer:
                padding: bool | str = False) -> list[int]:
         """Token ids of one text (or pair), special tokens included by default."""
         if not isinstance(text, str):
-            raise PlmkitError(f"encode takes one text (a str), got {type(text).__name__}; call the tokenizer for a batch")
+            raise PlmkitError(f"encode takes one str, got {type(text).__name__}; call the tokenizer on a batch")
         return self(text, text_pair, add_special_tokens=add_special_tokens, truncation=truncation,
                     max_length=max_length, padding=padding)["input_ids"]
 
@@ -274,11 +315,12 @@ class PretrainedTokenizer:
         [CLS], [SEP] and [PAD] in pretraining.
         """
         ids = ids.tolist() if hasattr(ids, "tolist") else ids
-        return [int(i in self._special_id_set) for i in ids]
+        special = set(self.all_special_ids)
+        return [int(i in special) for i in ids]
 
     def _config(self) -> dict[str, Any]:
         """tokenizer_config.json contents (subclasses add their keys)."""
-        roles = {role: getattr(self, role) for role in SPECIAL_ROLES if getattr(self, role) is not None}
+        roles = {role: self._specials[role] for role in SPECIAL_ROLES if role in self._specials}
         return {"tokenizer_class": self.tokenizer_class, "model_max_length": self.model_max_length, **roles}
 
     def save_pretrained(self, directory: PathLike) -> list[Path]:
@@ -316,7 +358,7 @@ def _batch_inputs(text: Any, text_pair: Any, split: bool) -> tuple[bool, list]:
     pair_batched, pairs = rows(text_pair, "text_pair")
     if pair_batched != batched or len(pairs) != len(texts):
         raise PlmkitError(f"text_pair must match text: got {len(texts)} texts and {len(pairs)} pairs")
-    return batched, list(zip(texts, pairs))
+    return batched, list(zip(texts, pairs, strict=True))
 
 
 def _bert_template(backend: Tokenizer, cls_token: str, sep_token: str) -> processors.TemplateProcessing:
@@ -389,14 +431,15 @@ class BertTokenizer(PretrainedTokenizer):
     @classmethod
     def from_pretrained(cls, path: PathLike) -> BertTokenizer:
         """Load a directory holding tokenizer.json (preferred) or vocab.txt, plus optional tokenizer_config.json."""
-        directory = _as_dir(path)
-        config = _read_json(directory / "tokenizer_config.json") if (directory / "tokenizer_config.json").is_file() \
-            else {}
-        specials = {role: _token_str(config[role]) for role in BERT_SPECIALS if config.get(role)}
+        directory, config, specials = _read_dir(path)
         max_len = int(config.get("model_max_length", 512))
         if (directory / "tokenizer.json").is_file():
-            backend = _load_backend(directory / "tokenizer.json")
-            return cls(backend, special_tokens=specials, model_max_length=max_len)
+            tok = cls(_load_backend(directory / "tokenizer.json"), special_tokens=specials, model_max_length=max_len)
+            for key in ("do_lower_case", "strip_accents", "tokenize_chinese_chars"):
+                if key in config and config[key] != getattr(tok, key):  # transformers 5 would follow the config
+                    logger.warning("%s: %s=%r disagrees with tokenizer.json's normalizer (%r); using tokenizer.json",
+                                   directory / "tokenizer_config.json", key, config[key], getattr(tok, key))
+            return tok
         if not (directory / "vocab.txt").is_file():
             raise PlmkitError(f"no tokenizer.json or vocab.txt in {directory}")
         return cls.from_file(directory / "vocab.txt", lowercase=config.get("do_lower_case", True),
@@ -414,7 +457,7 @@ class BertTokenizer(PretrainedTokenizer):
 class BPETokenizer(PretrainedTokenizer):
     """A GPT-2 style byte-level BPE tokenizer that gives the ids of `transformers.GPT2TokenizerFast`.
 
-    No token is added around a text (`add_special_tokens` changes nothing) and there is no pad token unless given.
+    GPT-2 adds no token around a text, and has no pad token unless one is set (`tok.pad_token = tok.eos_token`).
     """
 
     tokenizer_class = "GPT2Tokenizer"
@@ -444,10 +487,7 @@ class BPETokenizer(PretrainedTokenizer):
     @classmethod
     def from_pretrained(cls, path: PathLike) -> BPETokenizer:
         """Load a directory holding tokenizer.json (preferred) or vocab.json + merges.txt."""
-        directory = _as_dir(path)
-        config = _read_json(directory / "tokenizer_config.json") if (directory / "tokenizer_config.json").is_file() \
-            else {}
-        specials = {role: _token_str(config[role]) for role in SPECIAL_ROLES if config.get(role)}
+        directory, config, specials = _read_dir(path)
         max_len = int(config.get("model_max_length", 1024))
         if (directory / "tokenizer.json").is_file():
             return cls(_load_backend(directory / "tokenizer.json"), special_tokens=specials, model_max_length=max_len)

@@ -9,6 +9,7 @@ error that lists the keys, as are missing keys and shape mismatches.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from pathlib import Path
 from typing import Any
@@ -105,7 +106,12 @@ def _head_of(hf_key: str) -> str | None:
 def convert_from_hf(model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> list[str]:
     """Copy a Hugging Face BERT state dict into `model` in place. Returns our keys that were freshly initialised
     (heads the checkpoint did not have). Raises PlmkitError listing missing, unknown or mis-shaped keys."""
+    prefix = BASE_PREFIX if any(k.startswith(BASE_PREFIX) for k in state) else ""
     state = _strip_base_prefix(state)
+
+    def as_in_file(key: str) -> str:  # messages name keys as the checkpoint spells them
+        return key if _head_of(key) else prefix + key
+
     mapping = {ours: tuple(t[len(BASE_PREFIX):] if t.startswith(BASE_PREFIX) else t for t in theirs)
                for ours, theirs in key_map(model).items()}
     params = dict(model.named_parameters())
@@ -127,11 +133,13 @@ def convert_from_hf(model: nn.Module, state: dict[str, torch.Tensor], source: st
                 continue
         if len(found) != len(theirs):
             missing.extend(t for t in theirs if t not in state)
+            used.update(found)  # the present part of a fused group is not "unexpected"
             continue
         used.update(theirs)
         tensor = state[theirs[0]] if len(theirs) == 1 else torch.cat([state[t] for t in theirs], dim=0)
         if tensor.shape != params[ours].shape:
-            mismatched.append(f"{'+'.join(theirs)} {tuple(tensor.shape)} vs expected {tuple(params[ours].shape)}")
+            mismatched.append(f"{'+'.join(map(as_in_file, theirs))} {tuple(tensor.shape)} "
+                              f"vs expected {tuple(params[ours].shape)}")
             continue
         with torch.no_grad():
             params[ours].copy_(tensor)
@@ -148,9 +156,9 @@ def convert_from_hf(model: nn.Module, state: dict[str, torch.Tensor], source: st
         unexpected.append(k)
     problems = []
     if missing:
-        problems.append(_listing("missing keys", missing))
+        problems.append(_listing("missing keys", [as_in_file(k) for k in missing]))
     if unexpected:
-        problems.append(_listing("unexpected keys", unexpected))
+        problems.append(_listing("unexpected keys", [as_in_file(k) for k in unexpected]))
     if mismatched:
         problems.append(_listing("shape mismatches", mismatched))
     if problems:
@@ -183,12 +191,12 @@ def load_pretrained(cls: type, name_or_path: str | Path, config: ModelConfig | N
     model_dir = resolve_model_dir(name_or_path)
     if config is None:
         config = read_config(model_dir)
+    # Arguments of the class itself (e.g. BertModel's add_pooling_layer) go to it; the rest change the config.
+    init_params = set(inspect.signature(cls.__init__).parameters) - {"self", "config"}
+    init_kwargs = {k: config_overrides.pop(k) for k in list(config_overrides) if k in init_params}
     if config_overrides:
-        try:
-            config = config.replace(**config_overrides)
-        except TypeError as e:
-            raise PlmkitError(f"from_pretrained: {e}") from None
-    model = cls(config)
+        config = config.replace(**config_overrides)
+    model = cls(config, **init_kwargs)
     state, source = read_state_dict(model_dir)
     new_init = convert_from_hf(model, state, source=source)
     if new_init:

@@ -13,12 +13,18 @@ HUB_PATTERNS = ["config.json", "*.safetensors", "model.safetensors.index.json", 
                 "tokenizer_config.json", "special_tokens_map.json"]
 
 
+def looks_like_hub_id(name: str) -> bool:
+    """`name` or `org/name`, not a relative or absolute path."""
+    return bool(name) and not name.startswith((".", "/", "~")) and name.count("/") <= 1 and "\\" not in name
+
+
 def resolve_model_dir(name_or_path: str | Path) -> Path:
+    """A local directory as it is; a hub id downloaded (or found in the local hub cache)."""
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path
     name = str(name_or_path)
-    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+    if path.exists() or not looks_like_hub_id(name):
         raise PlmkitError(f"{name}: not a model directory")
     try:
         from huggingface_hub import snapshot_download

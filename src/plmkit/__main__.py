@@ -1,0 +1,5 @@
+import sys
+
+from plmkit.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Thin CLI verbs: each parses its arguments and calls library functions."""

