@@ -24,7 +24,8 @@ import plmkit
 
 FALLBACK_SENTENCES = [
     "A man is playing a guitar on the stage.", "The new movie is awesome, I loved every minute of it.",
-    "Stocks fell sharply on Monday after the report.", "她今天去北京看望了她的父母。", "Crème brûlée is a French dessert 🍮.",
+    "Stocks fell sharply on Monday after the report.", "她今天去北京看望了她的父母。",
+    "Crème brûlée is a French dessert 🍮.",
     "It was a dark and stormy night; the rain fell in torrents, except at occasional intervals.",
 ]
 

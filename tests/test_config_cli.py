@@ -82,7 +82,8 @@ def test_cli_tokenizer_train_then_search(tmp_path, capsys, minilm_dir):
     text = tmp_path / "corpus.txt"
     text.write_text("\n".join(["The cat sat on the mat.", "Stocks fell on Monday.", "It will rain tomorrow.",
                                "Bake the bread for forty minutes."] * 20), encoding="utf-8")
-    assert main(["tokenizer", "train", "--files", str(text), "--vocab-size", "200", "--out", str(tmp_path / "tok")]) == 0
+    out_dir = str(tmp_path / "tok")
+    assert main(["tokenizer", "train", "--files", str(text), "--vocab-size", "200", "--out", out_dir]) == 0
     assert plmkit.load_tokenizer(tmp_path / "tok").vocab_size <= 200
     capsys.readouterr()
     assert main(["search", "--model", str(minilm_dir), "--corpus", str(text), "--top-k", "1", "weather forecast"]) == 0

@@ -14,9 +14,17 @@ from pathlib import Path
 from plmkit.config import ModelConfig
 from plmkit.data.tokenizer import BertTokenizer, BPETokenizer, load_tokenizer
 from plmkit.errors import PlmkitError
-from plmkit.models import (MODEL_CLASSES, BertForMaskedLM, BertForNextSentencePrediction, BertForPreTraining,
-                           BertForQuestionAnswering, BertForSequenceClassification, BertForTokenClassification,
-                           BertModel, BertPreTrainedModel)
+from plmkit.models import (
+    MODEL_CLASSES,
+    BertForMaskedLM,
+    BertForNextSentencePrediction,
+    BertForPreTraining,
+    BertForQuestionAnswering,
+    BertForSequenceClassification,
+    BertForTokenClassification,
+    BertModel,
+    BertPreTrainedModel,
+)
 
 __version__ = "0.1.0"
 

@@ -89,8 +89,7 @@ class ModelConfig:
         known = {f.name for f in dataclasses.fields(cls) if f.init}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise PlmkitError(f"{source}: unknown key {unknown[0]!r}" + (f" (and {unknown[1:]})" if unknown[1:] else "")
-                              + f"; known keys: {', '.join(sorted(known))}")
+            raise PlmkitError(_unknown_keys(source, unknown) + f"; known keys: {', '.join(sorted(known))}")
         return cls(**d)
 
     @classmethod
@@ -128,7 +127,7 @@ class ModelConfig:
                 raise PlmkitError(f"{source}: {key}={d[key]!r} is not supported (plmkit supports {ok!r})")
         unknown = sorted(set(d) - set(_HF_TO_OURS) - _HF_IGNORED - set(_HF_REQUIRED_VALUES))
         if unknown:
-            raise PlmkitError(f"{source}: unknown key {unknown[0]!r}" + (f" (and {unknown[1:]})" if unknown[1:] else ""))
+            raise PlmkitError(_unknown_keys(source, unknown))
         ours: dict[str, Any] = {}
         for hf_key, our_key in _HF_TO_OURS.items():
             if hf_key in d and d[hf_key] is not None:
@@ -196,6 +195,10 @@ _HF_IGNORED = {
     "hidden_act", "output_past", "torchscript", "pruned_heads", "tokenizer_class", "prefix", "task_specific_params",
     "finetuning_task", "cross_attention_hidden_size", "tie_encoder_decoder", "problem_type", "use_return_dict",
 }
+
+
+def _unknown_keys(source: str, unknown: list[str]) -> str:
+    return f"{source}: unknown key {unknown[0]!r}" + (f" (and {unknown[1:]})" if unknown[1:] else "")
 
 
 def _read_mapping(path: Path) -> dict[str, Any]:

@@ -40,7 +40,8 @@ class SequenceClassificationHead(nn.Module):
         self.proj = nn.Linear(hidden_size, num_labels)
         self.problem_type = problem_type
 
-    def forward(self, pooled: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, pooled: torch.Tensor,
+                labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         logits = self.proj(self.dropout(pooled))
         loss = classification_loss(logits, labels, self.problem_type) if labels is not None else None
         return logits, loss
@@ -54,7 +55,8 @@ class TokenClassificationHead(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.proj = nn.Linear(hidden_size, num_labels)
 
-    def forward(self, hidden: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, hidden: torch.Tensor,
+                labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         logits = self.proj(self.dropout(hidden))
         loss = None
         if labels is not None:

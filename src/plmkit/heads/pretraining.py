@@ -12,7 +12,8 @@ class NextSentenceHead(nn.Module):
         super().__init__()
         self.proj = nn.Linear(hidden_size, 2)
 
-    def forward(self, pooled: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, pooled: torch.Tensor,
+                labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """pooled (B, C) -> logits (B, 2); cross-entropy loss when labels (B,) are given."""
         logits = self.proj(pooled)
         loss = F.cross_entropy(logits, labels.view(-1)) if labels is not None else None

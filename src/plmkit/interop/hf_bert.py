@@ -228,5 +228,6 @@ def detect_architecture(model_dir: Path) -> str:
         return "BertForQuestionAnswering"
     if "classifier" in heads:
         archs = read_hf_config_dict(model_dir).get("architectures") or []
-        return "BertForTokenClassification" if "BertForTokenClassification" in archs else "BertForSequenceClassification"
+        token_level = "BertForTokenClassification" in archs
+        return "BertForTokenClassification" if token_level else "BertForSequenceClassification"
     return "BertModel"
