@@ -152,3 +152,21 @@ def test_cli_error_has_no_traceback(tmp_path):
     result = subprocess.run(env_cmd, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: {tmp_path / 'nowhere'}: not a model directory"
+
+
+def test_sharded_safetensors_load(saved):
+    """Large Hugging Face checkpoints come as shards with an index; they load like one file."""
+    state = load_file(saved / "model.safetensors")
+    keys = sorted(state)
+    half = len(keys) // 2
+    shards = {"model-00001-of-00002.safetensors": keys[:half], "model-00002-of-00002.safetensors": keys[half:]}
+    for name, names in shards.items():
+        save_file({k: state[k] for k in names}, saved / name, metadata={"format": "pt"})
+    index = {"metadata": {}, "weight_map": {k: name for name, names in shards.items() for k in names}}
+    (saved / "model.safetensors.index.json").write_text(json.dumps(index))
+    (saved / "model.safetensors").unlink()
+    model = plmkit.BertForSequenceClassification.from_pretrained(saved)
+    assert torch.equal(model.pooler.dense.weight, state["bert.pooler.dense.weight"])
+    (saved / "model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(PlmkitError, match="shard model-00002-of-00002.safetensors is missing"):
+        plmkit.BertForSequenceClassification.from_pretrained(saved)

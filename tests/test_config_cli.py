@@ -104,3 +104,16 @@ def test_demo_runs_offline(capsys, minilm_dir):
     assert "results: precision@3" in out
     right = int(out.rsplit("= ", 2)[1].split("/")[0])
     assert right >= 18, out  # semantic search must mostly find the query's topic
+
+
+def test_bert_initialisation():
+    torch.manual_seed(0)
+    config = plmkit.ModelConfig(vocab_size=500, hidden_size=64, num_layers=2, num_heads=4, intermediate_size=256)
+    model = plmkit.BertForPreTraining(config)
+    weight = model.encoder.layers[0].mlp.in_proj.weight
+    assert abs(weight.std().item() - config.initializer_range) < 0.002 and abs(weight.mean().item()) < 0.002
+    assert not model.encoder.layers[0].mlp.in_proj.bias.any() and not model.mlm.bias.any()
+    assert torch.equal(model.encoder.embed.norm.weight, torch.ones(64))
+    assert not model.encoder.embed.token.weight[config.pad_token_id].any()  # the padding embedding starts at zero
+    emb = model.encoder.embed.token.weight[1:]
+    assert abs(emb.std().item() - config.initializer_range) < 0.002
