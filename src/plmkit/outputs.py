@@ -35,7 +35,7 @@ class EncoderOutput(ModelOutput):
 @dataclass
 class MaskedLMOutput(ModelOutput):
     loss: torch.Tensor | None = None
-    logits: torch.Tensor | None = None  # (B, T, V)
+    logits: torch.Tensor | None = None  # (B, T, V); (N, V) at the N labelled positions with masked_only=True
     hidden_states: tuple[torch.Tensor, ...] | None = None
     attentions: tuple[torch.Tensor, ...] | None = None
 
@@ -51,7 +51,7 @@ class NextSentencePredictionOutput(ModelOutput):
 @dataclass
 class PreTrainingOutput(ModelOutput):
     loss: torch.Tensor | None = None  # masked-LM loss + next-sentence loss
-    prediction_logits: torch.Tensor | None = None  # (B, T, V)
+    prediction_logits: torch.Tensor | None = None  # (B, T, V); (N, V) at the N labelled positions with masked_only
     seq_relationship_logits: torch.Tensor | None = None  # (B, 2)
     mlm_loss: torch.Tensor | None = None
     nsp_loss: torch.Tensor | None = None

@@ -33,8 +33,20 @@ class MaskedLMHead(nn.Module):
     def decoder_weight(self) -> torch.Tensor:
         return self._tied[0].weight if self._tied is not None else self.decoder.weight
 
-    def forward(self, hidden: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """hidden (B, T, C) -> logits (B, T, V); loss = cross-entropy over positions whose label is not -100."""
+    def forward(self, hidden: torch.Tensor, labels: torch.Tensor | None = None,
+                masked_only: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """hidden (B, T, C) -> logits (B, T, V); loss = cross-entropy over positions whose label is not -100.
+
+        With `masked_only` (labels required), only the labelled positions are decoded: logits are (N, V) for the
+        N positions where labels != -100, in row-major (batch, then position) order. The loss is the same mean
+        over the same positions, but the head's matmuls and the softmax shrink from B*T rows to N (~15%).
+        """
+        if masked_only:
+            if labels is None:
+                raise ValueError("masked_only decoding needs labels: they say which positions to decode")
+            index = labels.reshape(-1).ne(IGNORE_INDEX).nonzero().squeeze(1)  # (N,)
+            hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, index)  # (N, C)
+            labels = labels.reshape(-1).index_select(0, index)  # (N,)
         h = self.norm(self.act(self.transform(hidden)))
         logits = F.linear(h, self.decoder_weight, self.bias)
         loss = None

@@ -14,11 +14,24 @@ import torch
 from torch import nn
 
 from plmkit.config import ModelConfig
-from plmkit.heads import (MaskedLMHead, NextSentenceHead, Pooler, SequenceClassificationHead, SpanQAHead,
-                          TokenClassificationHead)
+from plmkit.heads import (
+    MaskedLMHead,
+    NextSentenceHead,
+    Pooler,
+    SequenceClassificationHead,
+    SpanQAHead,
+    TokenClassificationHead,
+)
 from plmkit.models.encoder import Encoder
-from plmkit.outputs import (EncoderOutput, MaskedLMOutput, NextSentencePredictionOutput, PreTrainingOutput,
-                            QuestionAnsweringOutput, SequenceClassifierOutput, TokenClassifierOutput)
+from plmkit.outputs import (
+    EncoderOutput,
+    MaskedLMOutput,
+    NextSentencePredictionOutput,
+    PreTrainingOutput,
+    QuestionAnsweringOutput,
+    SequenceClassifierOutput,
+    TokenClassifierOutput,
+)
 
 
 class BertPreTrainedModel(nn.Module):
@@ -125,10 +138,11 @@ class BertForMaskedLM(BertPreTrainedModel):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, output_hidden_states: bool = False,
-                output_attentions: bool = False) -> MaskedLMOutput:
+                output_attentions: bool = False, masked_only: bool = False) -> MaskedLMOutput:
+        """`masked_only=True` (with labels) decodes only the labelled positions: same loss, logits (N, V)."""
         out, _ = self._encode(input_ids, attention_mask, token_type_ids, position_ids,
                               output_hidden_states, output_attentions)
-        logits, loss = self.mlm(out.last_hidden_state, labels)
+        logits, loss = self.mlm(out.last_hidden_state, labels, masked_only=masked_only)
         return MaskedLMOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
 
 
@@ -169,10 +183,13 @@ class BertForPreTraining(BertPreTrainedModel):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, next_sentence_label: torch.Tensor | None = None,
-                output_hidden_states: bool = False, output_attentions: bool = False) -> PreTrainingOutput:
+                output_hidden_states: bool = False, output_attentions: bool = False,
+                masked_only: bool = False) -> PreTrainingOutput:
+        """`masked_only=True` (with labels) decodes only the labelled positions: same losses, prediction_logits
+        (N, V) for the N positions where labels != -100. Pretraining wants it; the default matches transformers."""
         out, pooled = self._encode(input_ids, attention_mask, token_type_ids, position_ids,
                                    output_hidden_states, output_attentions)
-        logits, mlm_loss = self.mlm(out.last_hidden_state, labels)
+        logits, mlm_loss = self.mlm(out.last_hidden_state, labels, masked_only=masked_only)
         nsp_logits, nsp_loss = self.nsp(pooled, next_sentence_label)
         loss = mlm_loss + nsp_loss if mlm_loss is not None and nsp_loss is not None else None
         return PreTrainingOutput(loss=loss, prediction_logits=logits, seq_relationship_logits=nsp_logits,
