@@ -59,6 +59,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 64])
+    parser.add_argument("--padded", action="store_true",
+                        help="turn plmkit's unpadding off (encoder.unpad = False), to see what it buys")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -67,9 +69,10 @@ def main() -> None:
     path = minilm_dir()
     tok = plmkit.BertTokenizer.from_pretrained(path)
     ours = plmkit.BertModel.from_pretrained(path).eval()
+    ours.encoder.unpad = not args.padded
     theirs = transformers.BertModel.from_pretrained(path, attn_implementation="sdpa").eval()
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} threads, "
-          f"{platform.processor() or platform.machine()}")
+          f"{platform.processor() or platform.machine()}, plmkit unpad={ours.encoder.unpad}")
     print(f"{'batch':>5} {'tokens':>7} {'plmkit ms':>10} {'hf ms':>10} {'ratio hf/plmkit':>16}")
     for batch in args.batches:
         inputs = dict(tok(sentences(batch), padding=True, truncation=True, max_length=128, return_tensors="pt"))
