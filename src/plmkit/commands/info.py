@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from plmkit.interop import detect_architecture, resolve_model_dir
-from plmkit.interop.checkpoint import read_state_dict
+from plmkit.interop.checkpoint import read_keys, weight_files
 from plmkit.models import MODEL_CLASSES
 
 
@@ -18,15 +18,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def describe(model_dir: Path) -> list[tuple[str, str]]:
-    """Rows of (field, value). Loads the weights, so a broken checkpoint is reported here too."""
+    """Rows of (field, value). Loads the model, so a broken checkpoint is reported here too."""
     arch = detect_architecture(model_dir)
     model = MODEL_CLASSES[arch].from_pretrained(model_dir)
     c = model.config
-    state, source = read_state_dict(model_dir)
+    files = weight_files(model_dir)
     rows = [
         ("directory", str(model_dir)),
         ("architecture", arch),
-        ("weights", f"{Path(source).name} ({len(state)} tensors)"),
+        ("weights", f"{', '.join(f.name for f in files)} ({len(read_keys(model_dir))} tensors)"),
         ("parameters", f"{model.num_parameters:,}"),
         ("layers", str(c.num_layers)),
         ("hidden size", f"{c.hidden_size} ({c.num_heads} heads of {c.head_dim})"),

@@ -34,7 +34,7 @@ def read_config(model_dir: Path) -> ModelConfig:
     return ModelConfig.from_hf_dict(read_hf_config_dict(model_dir), source=str(model_dir / CONFIG))
 
 
-def _weight_files(model_dir: Path) -> list[Path]:
+def weight_files(model_dir: Path) -> list[Path]:
     if (model_dir / SAFETENSORS).is_file():
         return [model_dir / SAFETENSORS]
     if (model_dir / SAFETENSORS_INDEX).is_file():
@@ -68,7 +68,7 @@ def _read_file(path: Path) -> dict[str, torch.Tensor]:
 
 def read_state_dict(model_dir: Path) -> tuple[dict[str, torch.Tensor], str]:
     """All tensors of a checkpoint directory, and a name for it to use in messages."""
-    files = _weight_files(model_dir)
+    files = weight_files(model_dir)
     state: dict[str, torch.Tensor] = {}
     for path in files:
         state.update(_read_file(path))
@@ -77,7 +77,7 @@ def read_state_dict(model_dir: Path) -> tuple[dict[str, torch.Tensor], str]:
 
 def read_keys(model_dir: Path) -> list[str]:
     """Tensor names only (no data read for safetensors)."""
-    files = _weight_files(model_dir)
+    files = weight_files(model_dir)
     if files[0].suffix != ".safetensors":
         return list(_read_file(files[0]))
     keys: list[str] = []
