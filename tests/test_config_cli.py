@@ -95,7 +95,7 @@ def test_cli_search_bad_corpus(tmp_path, capsys, minilm_dir):
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"fine line\n\xff\xfe broken\n")
     assert main(["search", "--model", str(minilm_dir), "--corpus", str(bad), "q"]) == 2
-    assert capsys.readouterr().err.strip() == f"error: {bad}:2: not valid UTF-8"
+    assert capsys.readouterr().err.strip() == f"error: {bad}:2: not valid UTF-8 (invalid start byte at byte 0)"
 
 
 def test_demo_runs_offline(capsys, minilm_dir):

