@@ -1,0 +1,172 @@
+"""Training checkpoints: written atomically, verified on load, the last k kept.
+
+A checkpoint is a directory `step-00000100/` under `<output_dir>/checkpoints/`:
+
+    model.safetensors   the raw model's weights (never a compiled or DDP wrapper's `_orig_mod.`/`module.` names)
+    optimizer.pt        the optimizer's state_dict (tensors and numbers only: loaded with weights_only=True)
+    rng.pt              torch's CPU (and CUDA) RNG states: dropout continues exactly where it stopped
+    trainer_state.json  the step and what the trainer tracks (elapsed time, tokens seen, best metric)
+    manifest.json       size and sha256 of each file above; written last
+
+Everything is written into a hidden temporary directory that is renamed into place only when complete, so a
+run killed at any moment leaves either a whole checkpoint or none. On resume the newest checkpoint whose
+manifest matches its files is used; a corrupt or truncated one is reported by name and skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from plmkit.errors import PlmkitError
+
+log = logging.getLogger(__name__)
+
+MODEL, OPTIMIZER, RNG, STATE, MANIFEST = "model.safetensors", "optimizer.pt", "rng.pt", "trainer_state.json", \
+    "manifest.json"
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    step: int
+
+
+def checkpoint_root(output_dir: str | Path) -> Path:
+    return Path(output_dir) / "checkpoints"
+
+
+def list_checkpoints(output_dir: str | Path) -> list[Checkpoint]:
+    """Complete checkpoint directories, oldest first (temporary directories of interrupted saves are ignored)."""
+    root = checkpoint_root(output_dir)
+    if not root.is_dir():
+        return []
+    found = [Checkpoint(p, int(m.group(1))) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir()]
+    return sorted(found, key=lambda c: c.step)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(output_dir: str | Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    state: dict[str, Any], keep_last: int = 2) -> Path:
+    """Write checkpoint `step` atomically, then delete all but the newest `keep_last`."""
+    root = checkpoint_root(output_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:08d}"
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}.", suffix=".tmp"))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; a checkpoint is as readable as the rest of the run
+    try:
+        save_model(model, str(tmp / MODEL), metadata={"format": "pt", "step": str(step)})
+        torch.save(optimizer.state_dict(), tmp / OPTIMIZER)
+        torch.save(rng_state(), tmp / RNG)
+        (tmp / STATE).write_text(json.dumps({"step": step, **state}, indent=2) + "\n", encoding="utf-8")
+        manifest = {name: {"bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
+                    for name in (MODEL, OPTIMIZER, RNG, STATE)}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        for f in tmp.iterdir():
+            _fsync(f)
+        if final.exists():  # a re-save of the same step (e.g. after resuming from it): replace it whole
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync(root)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    for old in list_checkpoints(output_dir)[:-keep_last]:
+        shutil.rmtree(old.path, ignore_errors=True)
+    return final
+
+
+def verify_checkpoint(path: Path) -> None:
+    """Raise PlmkitError naming the first file that is missing, truncated or altered."""
+    manifest_path = path / MANIFEST
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PlmkitError(f"{path}: incomplete checkpoint ({MANIFEST} missing)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise PlmkitError(f"{manifest_path}: corrupt manifest ({e})") from None
+    for name in (MODEL, OPTIMIZER, RNG, STATE):
+        f = path / name
+        if name not in manifest:
+            raise PlmkitError(f"{manifest_path}: no entry for {name}")
+        if not f.is_file():
+            raise PlmkitError(f"{f}: missing from checkpoint")
+        size = f.stat().st_size
+        if size != manifest[name]["bytes"]:
+            raise PlmkitError(f"{f}: truncated or altered ({size} bytes, manifest says {manifest[name]['bytes']})")
+        if _sha256(f) != manifest[name]["sha256"]:
+            raise PlmkitError(f"{f}: contents do not match the manifest's sha256 (corrupt)")
+
+
+def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
+    """Verify, then load weights, optimizer state and RNG states; returns the trainer state."""
+    verify_checkpoint(path)
+    try:
+        missing, unexpected = load_model(model, str(path / MODEL), strict=False)
+    except (SafetensorError, OSError, RuntimeError) as e:
+        raise PlmkitError(f"{path / MODEL}: cannot be loaded into the model ({str(e).splitlines()[0]})") from None
+    if missing or unexpected:
+        raise PlmkitError(f"{path / MODEL}: does not fit the model (missing: {sorted(missing)[:5]}, "
+                          f"unexpected: {sorted(unexpected)[:5]})")
+    if optimizer is not None:
+        optimizer.load_state_dict(torch.load(path / OPTIMIZER, map_location="cpu", weights_only=True))
+    set_rng_state(torch.load(path / RNG, map_location="cpu", weights_only=True))
+    return json.loads((path / STATE).read_text(encoding="utf-8"))
+
+
+def resume_latest(output_dir: str | Path, model: nn.Module,
+                  optimizer: torch.optim.Optimizer | None) -> tuple[Checkpoint, dict[str, Any]] | None:
+    """Load the newest intact checkpoint; a damaged one is named in a warning and the one before it is used."""
+    for ckpt in reversed(list_checkpoints(output_dir)):
+        try:
+            return ckpt, load_checkpoint(ckpt.path, model, optimizer)
+        except PlmkitError as e:
+            log.warning("skipping checkpoint %s: %s", ckpt.path.name, e)
+    return None
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

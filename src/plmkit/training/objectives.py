@@ -1,0 +1,69 @@
+"""What the trainer minimises, as loss terms with their counts.
+
+An objective says, for a batch, how many items each loss term averages over (`counts`) and what the model's
+mean loss per term is (`__call__`). The trainer weights each micro-batch's mean by its share of the *global*
+count (all accumulation steps, all ranks), so gradient accumulation and distributed training give exactly
+the loss of one big batch: masked-LM loss is the mean over every masked token of the global batch, not a
+mean of per-micro-batch means.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from plmkit.heads.mlm import IGNORE_INDEX
+
+
+class Objective(Protocol):
+    def counts(self, batch: dict[str, torch.Tensor]) -> dict[str, int]: ...
+
+    def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]: ...
+
+
+class PretrainingObjective:
+    """Masked LM (+ next-sentence prediction when the batch has `next_sentence_label`), decoding only masked
+    positions (the same loss as decoding all of them, a fraction of the work)."""
+
+    def counts(self, batch: dict[str, torch.Tensor]) -> dict[str, int]:
+        counts = {"mlm": int(batch["labels"].ne(IGNORE_INDEX).sum())}
+        if "next_sentence_label" in batch:
+            counts["nsp"] = len(batch["next_sentence_label"])
+        return counts
+
+    def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = model(**batch, masked_only=True)
+        losses = {"mlm": out.mlm_loss if hasattr(out, "mlm_loss") else out.loss}
+        if "next_sentence_label" in batch:
+            losses["nsp"] = out.nsp_loss
+        return losses
+
+
+class SupervisedObjective:
+    """A task head's own loss (`model(**batch).loss`): counted per labelled token for token-level labels
+    (long labels with -100), per example otherwise (sequence labels, regression targets, QA spans)."""
+
+    def __init__(self, label_key: str = "labels") -> None:
+        self.label_key = label_key
+
+    def counts(self, batch: dict[str, torch.Tensor]) -> dict[str, int]:
+        labels = batch[self.label_key]
+        if labels.dtype == torch.long and labels.dim() >= 2:
+            return {"loss": int(labels.ne(IGNORE_INDEX).sum())}
+        return {"loss": len(labels)}
+
+    def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"loss": model(**batch).loss}
+
+
+class CausalLMObjective:
+    """Next-token prediction: counted per target token (every position after the first that is not -100)."""
+
+    def counts(self, batch: dict[str, torch.Tensor]) -> dict[str, int]:
+        labels = batch["labels"][:, 1:]
+        return {"loss": int(labels.ne(IGNORE_INDEX).sum())}
+
+    def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"loss": model(**batch).loss}

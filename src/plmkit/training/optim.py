@@ -1,0 +1,49 @@
+"""AdamW with weight decay exactly for matrices, and learning-rate schedules as pure functions of the step."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from plmkit.training.config import TrainConfig
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two groups: weight decay for every parameter with p.dim() >= 2 (matrices, embeddings), none for biases and
+    norm weights (as nanoGPT). `parameters()` yields a tied weight once, so it is decayed once."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    """torch AdamW; the fused kernel where the parameters' device supports it (CPU and CUDA in torch >= 2.4)."""
+    device = next(model.parameters()).device
+    fused = device.type in ("cpu", "cuda")
+    return torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr,
+                             betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_eps, fused=fused)
+
+
+def lr_at(step: int, *, base_lr: float, warmup: int, total: int, schedule: str = "linear",
+          min_lr_ratio: float = 0.0) -> float:
+    """Learning rate for optimizer step `step` (0-based): linear warm-up from 0 over `warmup` steps, then
+    `linear` or `cosine` decay to `min_lr_ratio * base_lr` at `total`, or `constant`."""
+    if warmup > 0 and step < warmup:
+        return base_lr * (step + 1) / warmup
+    if schedule == "constant":
+        return base_lr
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    if schedule == "linear":
+        factor = 1.0 - progress
+    elif schedule == "cosine":
+        factor = 0.5 * (1.0 + math.cos(math.pi * progress))
+    else:
+        raise ValueError(f"unknown schedule {schedule!r}")
+    return base_lr * (min_lr_ratio + (1.0 - min_lr_ratio) * factor)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr

@@ -1,0 +1,256 @@
+"""The one Trainer: pretraining and every fine-tuning task use it. It knows no model and no task.
+
+It takes a model, a dataset with a collate function, an objective (loss terms with counts, see
+`training.objectives`) and optionally an evaluator, and does the rest: AdamW (decay only for p.dim() >= 2),
+warm-up then linear/cosine decay, gradient accumulation normalised over the global batch, clipping, optional
+bf16 autocast and torch.compile, DDP under torchrun, evaluation every N steps with best-checkpoint tracking,
+JSONL + TensorBoard metrics, a tqdm bar with tokens/s, a loss-curve PNG, a wall-clock budget, and atomic
+checkpoints every N steps or minutes from which `fit(resume=True)` continues bit for bit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from plmkit.errors import PlmkitError
+from plmkit.training.checkpoint import list_checkpoints, resume_latest, save_checkpoint
+from plmkit.training.config import ImplConfig, TrainConfig
+from plmkit.training.data import Collate, ExampleStream
+from plmkit.training.distributed import DistInfo, all_reduce_sum, barrier, init_distributed
+from plmkit.training.objectives import Objective
+from plmkit.training.optim import build_optimizer, lr_at, set_lr
+from plmkit.training.tracking import MetricsLog, plot_loss_curve
+
+log = logging.getLogger(__name__)
+
+Evaluator = Callable[[nn.Module], dict[str, float]]
+
+
+@dataclass
+class TrainResult:
+    step: int
+    stopped_by: str  # "max_steps" | "max_minutes"
+    train_loss: float | None
+    eval_metrics: dict[str, float] = field(default_factory=dict)
+    best_metric: float | None = None
+    best_step: int | None = None
+    elapsed_s: float = 0.0
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class Trainer:
+    """`Trainer(model, train, eval...).fit()`; see the module docstring.
+
+    `evaluator(model) -> {name: value}` runs in eval mode under inference mode; `save_model(model, dir)` writes a
+    usable model directory (the best one by `train.best_metric` goes to `<output_dir>/best`).
+    """
+
+    def __init__(self, model: nn.Module, config: TrainConfig, *, train_data: Sequence[Any], collate: Collate,
+                 objective: Objective, evaluator: Evaluator | None = None,
+                 save_model: Callable[[nn.Module, Path], Any] | None = None, impl: ImplConfig | None = None) -> None:
+        self.config, self.impl = config, impl or ImplConfig()
+        self.device = resolve_device(self.impl.device)
+        if self.impl.num_threads:
+            torch.set_num_threads(self.impl.num_threads)
+        self.dist: DistInfo = init_distributed(self.device.type)
+        if self.device.type == "cuda" and self.dist.enabled:
+            self.device = torch.device("cuda", self.dist.local_rank)
+        torch.manual_seed(config.seed)  # dropout's RNG; data order and masking have their own seeds
+        self.model = model.to(self.device)  # the raw model: what is saved, evaluated and returned
+        self.stream = ExampleStream(train_data, collate, config.batch_size, seed=config.seed,
+                                    micro_batch_size=config.micro_batch_size, rank=self.dist.rank,
+                                    world_size=self.dist.world_size)
+        self.objective, self.evaluator, self.save_model = objective, evaluator, save_model
+        self.optimizer = build_optimizer(self.model, config)
+        self.forward_model: nn.Module = self.model
+        if self.dist.enabled:
+            ids = [self.dist.local_rank] if self.device.type == "cuda" else None
+            self.forward_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        if self.impl.compile:
+            self.forward_model = torch.compile(self.forward_model)
+        self.output_dir = Path(config.output_dir)
+        self.step = 0
+        self.tokens_seen = 0
+        self.best: tuple[float, int] | None = None
+        self._elapsed_before = 0.0
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self, resume: bool = False) -> TrainResult:
+        cfg, main = self.config, self.dist.is_main
+        if resume:
+            self._resume()
+        elif main and list_checkpoints(self.output_dir):
+            raise PlmkitError(f"{self.output_dir} already has checkpoints; pass --resume to continue that run, "
+                              "or choose another train.output_dir")
+        metrics = MetricsLog(self.output_dir, tensorboard=self.impl.tensorboard,
+                             resume_step=self.step if resume else None) if main else None
+        start = time.monotonic()
+        last_save = start
+        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
+                   disable=not (main and self.impl.progress))
+        stopped_by, last_loss, eval_metrics = "max_steps", None, {}
+        window_tokens, window_start = 0, time.monotonic()
+        try:
+            while self.step < cfg.max_steps:
+                stats = self._train_step()
+                self.step += 1
+                self.tokens_seen += stats["tokens"]
+                window_tokens += stats["tokens"]
+                last_loss = stats["loss"]
+                now = time.monotonic()
+                if main and (self.step % cfg.log_every == 0 or self.step == cfg.max_steps):
+                    tok_s = window_tokens / max(now - window_start, 1e-9)
+                    record = {k: v for k, v in stats.items() if k != "tokens"}
+                    record.update(tokens_per_s=round(tok_s, 1), epoch=round(self.stream.epoch_at(self.step), 4),
+                                  elapsed_s=round(self._elapsed_before + now - start, 2))
+                    metrics.write(self.step, "train", record)
+                    bar.set_postfix(loss=f"{last_loss:.4f}", tok_s=f"{tok_s:,.0f}", refresh=False)
+                    window_tokens, window_start = 0, now
+                bar.update(1)
+                out_of_time = cfg.max_minutes is not None and now - start >= cfg.max_minutes * 60
+                last_step = self.step == cfg.max_steps or out_of_time
+                if self.evaluator is not None and (last_step or (cfg.eval_every and self.step % cfg.eval_every == 0)):
+                    eval_metrics = self._evaluate(metrics)
+                if (cfg.save_every_steps and self.step % cfg.save_every_steps == 0) or last_step or \
+                        (cfg.save_every_minutes and now - last_save >= cfg.save_every_minutes * 60):
+                    self._save(self._elapsed_before + time.monotonic() - start)
+                    last_save = time.monotonic()
+                if out_of_time and self.step < cfg.max_steps:
+                    stopped_by = "max_minutes"
+                    log.info("stopping at step %d: train.max_minutes=%s reached", self.step, cfg.max_minutes)
+                    break
+        except KeyboardInterrupt:
+            log.warning("interrupted at step %d; saving a checkpoint to resume from", self.step)
+            self._save(self._elapsed_before + time.monotonic() - start)
+            raise
+        finally:
+            bar.close()
+            if metrics is not None:
+                metrics.close()
+        elapsed = self._elapsed_before + time.monotonic() - start
+        if main:
+            plot_loss_curve(self.output_dir / "metrics.jsonl", self.output_dir / "loss.png",
+                            title=f"{self.output_dir.name}: {self.step} steps")
+        barrier(self.dist)
+        return TrainResult(self.step, stopped_by, last_loss, eval_metrics,
+                           self.best[0] if self.best else None, self.best[1] if self.best else None, elapsed)
+
+    def _train_step(self) -> dict[str, float]:
+        cfg = self.config
+        self.model.train()
+        micro_batches = self.stream.batches(self.step)
+        local_counts = [self.objective.counts(b) for b in micro_batches]
+        names = sorted({k for c in local_counts for k in c})
+        tokens = sum(int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel()
+                     for b in micro_batches)
+        totals = torch.tensor([sum(c.get(k, 0) for c in local_counts) for k in names] + [tokens], dtype=torch.float64)
+        totals = all_reduce_sum(totals, self.dist).tolist()
+        global_counts, tokens = dict(zip(names, totals[:-1], strict=True)), int(totals[-1])
+        term_sums = torch.zeros(len(names), dtype=torch.float64)
+        for i, (batch, counts) in enumerate(zip(micro_batches, local_counts, strict=True)):
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+            sync = i == len(micro_batches) - 1
+            no_sync = self.forward_model.no_sync if self.dist.enabled and not sync else contextlib.nullcontext
+            with no_sync(), self._autocast():
+                losses = self.objective(self.forward_model, batch)
+                loss = 0.0
+                for j, name in enumerate(names):
+                    if counts.get(name, 0) == 0 or global_counts[name] == 0:
+                        continue  # e.g. a micro-batch with no masked token: its term is absent, not NaN
+                    weight = counts[name] / global_counts[name]
+                    loss = loss + losses[name] * weight
+                    term_sums[j] += float(losses[name].detach()) * weight
+                # DDP averages gradients over ranks; the weights above already sum to 1 over all ranks.
+                loss = loss * self.dist.world_size
+            if isinstance(loss, torch.Tensor):
+                loss.backward()
+        term_sums = all_reduce_sum(term_sums, self.dist).tolist()
+        lr = lr_at(self.step, base_lr=cfg.lr, warmup=cfg.warmup, total=cfg.max_steps, schedule=cfg.schedule,
+                   min_lr_ratio=cfg.min_lr_ratio)
+        set_lr(self.optimizer, lr)
+        grad_norm = None
+        if cfg.clip_grad_norm:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad_norm))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        stats = {"loss": sum(term_sums), "lr": lr, "tokens": tokens}
+        if len(names) > 1 or names != ["loss"]:
+            stats.update({f"{name}_loss": v for name, v in zip(names, term_sums, strict=True)})
+        if grad_norm is not None:
+            stats["grad_norm"] = grad_norm
+        if not math.isfinite(stats["loss"]):
+            raise PlmkitError(f"step {self.step}: the loss is {stats['loss']}; lower train.lr or check the data")
+        return stats
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.impl.precision == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    # ------------------------------------------------------------------ evaluation, checkpoints
+    def _evaluate(self, metrics: MetricsLog | None) -> dict[str, float]:
+        self.model.eval()
+        with torch.inference_mode(), self._autocast():
+            values = self.evaluator(self.model)
+        self.model.train()
+        if metrics is not None:
+            metrics.write(self.step, "eval", values)
+            log.info("step %d eval: %s", self.step, ", ".join(f"{k} {v:.4g}" for k, v in values.items()))
+        key = self.config.best_metric
+        if key is not None:
+            if key not in values:
+                raise PlmkitError(f"train.best_metric {key!r} is not among the evaluation metrics: "
+                                  f"{', '.join(values)}")
+            better = self.best is None or (values[key] > self.best[0] if self.config.best_mode == "max"
+                                           else values[key] < self.best[0])
+            if better:
+                self.best = (values[key], self.step)
+                if self.dist.is_main and self.save_model is not None:
+                    self._save_best()
+        return values
+
+    def _save_best(self) -> None:
+        final = self.output_dir / "best"
+        tmp = self.output_dir / ".best.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.save_model(self.model, tmp)
+        old = self.output_dir / ".best.old"
+        if final.exists():
+            final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def _save(self, elapsed: float) -> None:
+        if self.dist.is_main:
+            state = {"tokens_seen": self.tokens_seen, "elapsed_s": elapsed,
+                     "best": list(self.best) if self.best else None}
+            save_checkpoint(self.output_dir, self.step, self.model, self.optimizer, state,
+                            keep_last=self.config.keep_last)
+        barrier(self.dist)
+
+    def _resume(self) -> None:
+        found = resume_latest(self.output_dir, self.model, self.optimizer)
+        if found is None:
+            raise PlmkitError(f"{self.output_dir}: no intact checkpoint to resume from")
+        ckpt, state = found
+        self.step, self.tokens_seen = state["step"], state.get("tokens_seen", 0)
+        self._elapsed_before = state.get("elapsed_s", 0.0)
+        self.best = tuple(state["best"]) if state.get("best") else None
+        log.info("resumed from %s (step %d)", ckpt.path, self.step)

@@ -1,0 +1,186 @@
+"""The Trainer: schedules, weight decay groups, accumulation, exact resume after SIGKILL, DDP equivalence,
+checkpoint integrity, best-checkpoint tracking, the wall-clock budget."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from plmkit.errors import PlmkitError
+from plmkit.training import TrainConfig, load_recipe, lr_at, param_groups
+from plmkit.training.checkpoint import list_checkpoints, save_checkpoint, verify_checkpoint
+from plmkit.training.tracking import read_metrics
+
+sys.path.insert(0, str(Path(__file__).parent))
+from train_tiny import make_trainer, tiny_model  # noqa: E402
+
+SCRIPT = Path(__file__).parent / "train_tiny.py"
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in read_metrics(run_dir / "metrics.jsonl", "train")}
+
+
+def test_lr_schedules_are_pure_functions_of_the_step():
+    kw = dict(base_lr=1.0, warmup=10, total=110)
+    assert lr_at(0, **kw) == pytest.approx(0.1) and lr_at(9, **kw) == pytest.approx(1.0)
+    assert lr_at(60, **kw, schedule="linear") == pytest.approx(0.5)
+    assert lr_at(60, **kw, schedule="cosine") == pytest.approx(0.5)
+    assert lr_at(35, **kw, schedule="cosine") == pytest.approx(0.5 * (1 + torch.cos(torch.tensor(torch.pi / 4))))
+    assert lr_at(110, **kw) == pytest.approx(0.0) and lr_at(110, **kw, min_lr_ratio=0.1) == pytest.approx(0.1)
+    assert lr_at(500, **kw, schedule="constant") == 1.0
+
+
+def test_weight_decay_only_for_matrices():
+    model = tiny_model()
+    decay, no_decay = param_groups(model, 0.01)
+    assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+    assert any(p is model.encoder.embed.token.weight for p in decay["params"])  # the tied embedding, once
+
+
+def test_gradient_accumulation_equals_one_big_batch(tmp_path):
+    """Micro-batches of 2 (4 accumulation steps) give the loss of batches of 8: normalised by the global count of
+    masked tokens, not a mean of micro-batch means."""
+    a = make_trainer(str(tmp_path / "a"), dropout=0.0, max_steps=4)
+    a.fit()
+    b = make_trainer(str(tmp_path / "b"), dropout=0.0, max_steps=4, micro_batch_size=2)
+    b.fit()
+    la, lb = losses(tmp_path / "a"), losses(tmp_path / "b")
+    for step in la:
+        assert la[step] == pytest.approx(lb[step], abs=1e-5)
+    for pa, pb in zip(a.model.parameters(), b.model.parameters(), strict=True):
+        torch.testing.assert_close(pa, pb, atol=1e-5, rtol=1e-4)
+
+
+def _run(out: Path, overrides: dict, *extra: str, wait: bool = True, env: dict | None = None) -> subprocess.Popen:
+    cmd = [sys.executable, str(SCRIPT), str(out), json.dumps(overrides), *extra]
+    proc = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if wait:
+        output, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, output
+    return proc
+
+
+def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
+    """Kill a run with SIGKILL between checkpoints, resume it: every later step's loss equals the uninterrupted
+    run's exactly (model, AdamW state, schedule, dropout RNG and data position all restored)."""
+    settings = {"max_steps": 14, "save_every_steps": 3, "keep_last": 2, "dropout": 0.1, "step_sleep": 0.15}
+    _run(tmp_path / "full", settings)
+    proc = _run(tmp_path / "killed", settings, wait=False)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        done = [c.step for c in list_checkpoints(tmp_path / "killed")]
+        if 6 in done and max(losses(tmp_path / "killed"), default=0) >= 7:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    logged = max(losses(tmp_path / "killed"))
+    assert 7 <= logged < 14, "the run must be killed mid-way, after a checkpoint and before the end"
+    assert [c.step for c in list_checkpoints(tmp_path / "killed")][-1] < 14
+    _run(tmp_path / "killed", settings, "--resume")
+    full, resumed = losses(tmp_path / "full"), losses(tmp_path / "killed")
+    assert sorted(resumed) == list(range(1, 15))
+    assert resumed == full  # bitwise: float equality at every step
+
+
+def test_corrupt_checkpoint_is_refused_and_the_previous_one_used(tmp_path, caplog):
+    out = tmp_path / "run"
+    make_trainer(str(out), max_steps=6, save_every_steps=2, keep_last=3).fit()
+    ckpts = list_checkpoints(out)
+    assert [c.step for c in ckpts] == [2, 4, 6]
+    model_file = ckpts[-1].path / "model.safetensors"
+    model_file.write_bytes(model_file.read_bytes()[:1000])  # truncated
+    with pytest.raises(PlmkitError, match="truncated"):
+        verify_checkpoint(ckpts[-1].path)
+    resumed = make_trainer(str(out), max_steps=6, save_every_steps=2, keep_last=3)
+    with caplog.at_level("WARNING"):
+        resumed._resume()
+    assert resumed.step == 4
+    assert "step-00000006" in caplog.text and "truncated" in caplog.text
+    (ckpts[1].path / "optimizer.pt").write_bytes(b"garbage")
+    (ckpts[0].path / "manifest.json").unlink()
+    with pytest.raises(PlmkitError, match="no intact checkpoint"):
+        make_trainer(str(out), max_steps=6)._resume()
+
+
+def test_fresh_run_refuses_to_overwrite_checkpoints(tmp_path):
+    make_trainer(str(tmp_path), max_steps=2).fit()
+    with pytest.raises(PlmkitError, match="--resume"):
+        make_trainer(str(tmp_path), max_steps=2).fit()
+
+
+def test_keep_last_and_atomic_layout(tmp_path):
+    model = tiny_model()
+    opt = torch.optim.AdamW(model.parameters())
+    for step in (1, 2, 3):
+        save_checkpoint(tmp_path, step, model, opt, {}, keep_last=2)
+    assert [c.step for c in list_checkpoints(tmp_path)] == [2, 3]
+    assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".")]  # no temp dirs left
+
+
+def test_evaluation_best_checkpoint_and_time_budget(tmp_path):
+    calls = []
+
+    def evaluator(model):
+        calls.append(model.training)
+        return {"score": [0.5, 0.9, 0.7][len(calls) - 1]}
+
+    saved = []
+    trainer = make_trainer(str(tmp_path), max_steps=6, eval_every=2, best_metric="score", evaluator=evaluator)
+    trainer.save_model = lambda model, path: (path.mkdir(parents=True), saved.append(path.name))
+    result = trainer.fit()
+    assert calls == [False, False, False]  # evaluated in eval mode
+    assert (result.best_metric, result.best_step) == (0.9, 4)
+    assert (tmp_path / "best").is_dir() and len(saved) == 2
+    assert [r["score"] for r in read_metrics(tmp_path / "metrics.jsonl", "eval")] == [0.5, 0.9, 0.7]
+    assert (tmp_path / "loss.png").stat().st_size > 1000
+
+    budget = make_trainer(str(tmp_path / "budget"), max_steps=10_000, max_minutes=0.02, step_sleep=0.05)
+    result = budget.fit()
+    assert result.stopped_by == "max_minutes" and 1 <= result.step < 10_000
+    assert list_checkpoints(tmp_path / "budget")[-1].step == result.step  # saved where it stopped
+
+
+def test_train_config_validation_and_overrides(tmp_path):
+    with pytest.raises(PlmkitError, match="schedule"):
+        TrainConfig(schedule="exp")
+    recipe_file = tmp_path / "r.yaml"
+    recipe_file.write_text("train:\n  max_steps: 5\n", encoding="utf-8")
+    recipe = load_recipe(recipe_file, ["train.max_steps=7", "train.lr=5e-4", "data.inputs=[a.txt, b.txt]"],
+                         sections=("train", "data"))
+    assert recipe == {"train": {"max_steps": 7, "lr": 5e-4}, "data": {"inputs": ["a.txt", "b.txt"]}}
+    with pytest.raises(PlmkitError, match="unknown section"):
+        load_recipe(recipe_file, ["trian.lr=1"], sections=("train",))
+    with pytest.raises(PlmkitError, match="section.key=value"):
+        load_recipe(recipe_file, ["max_steps"])
+
+
+def test_ddp_two_processes_match_one_process(tmp_path):
+    """torchrun with 2 CPU processes (gloo), 4 examples each, follows the loss trajectory of one process with
+    batches of 8 (dropout off: the two set-ups draw dropout masks from different generators)."""
+    settings = {"max_steps": 5, "dropout": 0.0}
+    _run(tmp_path / "single", settings)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           str(SCRIPT), str(tmp_path / "ddp"), json.dumps(settings)]
+    done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    single, ddp = losses(tmp_path / "single"), losses(tmp_path / "ddp")
+    assert sorted(ddp) == sorted(single) == [1, 2, 3, 4, 5]
+    for step in single:
+        assert ddp[step] == pytest.approx(single[step], abs=1e-5)
+    a = torch.load(list_checkpoints(tmp_path / "single")[-1].path / "optimizer.pt", weights_only=True)
+    b = torch.load(list_checkpoints(tmp_path / "ddp")[-1].path / "optimizer.pt", weights_only=True)
+    torch.testing.assert_close(a["state"][0]["exp_avg"], b["state"][0]["exp_avg"], atol=1e-6, rtol=1e-4)
