@@ -57,7 +57,8 @@ def split_sentences(text: str) -> list[str]:
         end = match.end()
         if end <= start:
             continue
-        if match.group().startswith(".") and match.group().count(".") == 1:
+        punct = match.group()
+        if punct[:1] == "." and punct[1:2] not in (".", "!", "?"):  # a lone period may end an abbreviation
             word = _LAST_WORD.search(text, max(start, match.start() - 20), match.start() + 1)
             word = word.group(1) if word else ""
             if word.lower() in _ABBREVIATIONS or (len(word) == 1 and word.isupper()):
