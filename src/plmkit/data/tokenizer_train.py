@@ -6,7 +6,7 @@ Both stream the files line by line into the `tokenizers` trainers, so a bad byte
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, pre_tokenizers, trainers
@@ -32,15 +32,26 @@ def _check_files(files: PathLike | Sequence[PathLike]) -> list[Path]:
     return paths
 
 
+def _training_texts(files: PathLike | Sequence[PathLike] | None,
+                    texts: Iterable[str] | None) -> tuple[list[Path], Iterator[list[str]] | Iterable[str]]:
+    if texts is not None:
+        if files:
+            raise PlmkitError("give training files or texts, not both")
+        return [], texts
+    paths = _check_files(files if files is not None else [])
+    return paths, iter_lines(paths)
+
+
 def _check_vocab_size(vocab_size: int, smallest: int) -> None:
     if not isinstance(vocab_size, int) or vocab_size < smallest:
         raise PlmkitError(f"vocab_size must be an int of at least {smallest}, got {vocab_size!r}")
 
 
 def train_wordpiece(
-    files: PathLike | Sequence[PathLike],
+    files: PathLike | Sequence[PathLike] | None,
     vocab_size: int,
     *,
+    texts: Iterable[str] | None = None,
     lowercase: bool = True,
     strip_accents: bool | None = None,
     tokenize_chinese_chars: bool = True,
@@ -54,8 +65,9 @@ def train_wordpiece(
 
     The BERT normalizer splits CJK characters apart, so Chinese gets one token per character (rare characters
     beyond the `limit_alphabet` most frequent become [UNK]). `special_tokens` must include the five BERT ones.
+    `texts` (instead of `files`) trains on any iterable of strings, e.g. the documents of a pretraining corpus.
     """
-    paths = _check_files(files)
+    paths, batches = _training_texts(files, texts)
     missing = [tok for tok in BERT_SPECIALS.values() if tok not in special_tokens]
     if missing:
         raise PlmkitError(f"special_tokens must include {', '.join(missing)} (BERT needs them)")
@@ -65,8 +77,9 @@ def train_wordpiece(
     trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
                                         special_tokens=list(special_tokens), limit_alphabet=limit_alphabet,
                                         continuing_subword_prefix="##", show_progress=show_progress)
-    backend.train_from_iterator(iter_lines(paths), trainer=trainer)
-    logger.info("trained WordPiece: %d tokens from %d file(s)", backend.get_vocab_size(), len(paths))
+    backend.train_from_iterator(batches, trainer=trainer)
+    logger.info("trained WordPiece: %d tokens from %s", backend.get_vocab_size(),
+                f"{len(paths)} file(s)" if paths else "the given texts")
     return BertTokenizer(backend, model_max_length=model_max_length, add_template=True)
 
 
