@@ -25,6 +25,8 @@ from plmkit.models import (
     BertModel,
     BertPreTrainedModel,
 )
+from plmkit.pipelines import pipeline
+from plmkit.tasks import get_task
 
 __version__ = "0.1.0"
 
@@ -40,5 +42,6 @@ def from_pretrained(name_or_path: str | Path, **config_overrides) -> BertPreTrai
 __all__ = [
     "BPETokenizer", "BertForMaskedLM", "BertForNextSentencePrediction", "BertForPreTraining",
     "BertForQuestionAnswering", "BertForSequenceClassification", "BertForTokenClassification", "BertModel",
-    "BertPreTrainedModel", "BertTokenizer", "ModelConfig", "PlmkitError", "from_pretrained", "load_tokenizer",
+    "BertPreTrainedModel", "BertTokenizer", "ModelConfig", "PlmkitError", "from_pretrained", "get_task",
+    "load_tokenizer", "pipeline",
 ]

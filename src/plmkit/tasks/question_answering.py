@@ -129,7 +129,14 @@ class SquadTask(Task):
             return []
         doc_stride = self.doc_stride if doc_stride is None else doc_stride
         backend = tokenizer.backend_tokenizer
-        questions = self._clip_questions(backend, [e.question.lstrip() for e in examples])
+        questions, lengths = self._clip_questions(backend, [e.question.lstrip() for e in examples])
+        specials = backend.post_processor.num_special_tokens_to_add(True) if backend.post_processor else 0
+        for example, length in zip(examples, lengths, strict=True):
+            room = max_length - length - specials  # context tokens per window
+            if room <= doc_stride:  # checked here: the tokenizers library panics instead of raising
+                raise PlmkitError(f"question {example.id or example.question!r}: windows of {max_length} tokens leave "
+                                  f"{room} for the context after the {length}-token question, not more than "
+                                  f"doc_stride={doc_stride}; raise max_length or lower doc_stride")
         backend.no_padding()
         backend.enable_truncation(max_length, stride=doc_stride, strategy="only_second")
         try:
@@ -156,17 +163,18 @@ class SquadTask(Task):
                 features.append(feature)
         return features
 
-    def _clip_questions(self, backend: Any, questions: list[str]) -> list[str]:
-        """Cut questions longer than `max_question_length` tokens (original BERT's max_query_length), so that a
-        very long question never leaves no room for the context."""
+    def _clip_questions(self, backend: Any, questions: list[str]) -> tuple[list[str], list[int]]:
+        """Questions cut to `max_question_length` tokens (original BERT's max_query_length), so that a very long
+        question never leaves no room for the context; and their lengths in tokens."""
         backend.no_truncation()
         backend.no_padding()
-        clipped = []
+        clipped, lengths = [], []
         for question, enc in zip(questions, backend.encode_batch(questions, add_special_tokens=False), strict=True):
             if len(enc.ids) > self.max_question_length:
                 question = question[:enc.offsets[self.max_question_length - 1][1]]
             clipped.append(question)
-        return clipped
+            lengths.append(min(len(enc.ids), self.max_question_length))
+        return clipped, lengths
 
     def _collate_labels(self, features: Sequence[dict[str, Any]], length: int) -> dict[str, torch.Tensor]:
         labelled = sum("start_positions" in f for f in features)
