@@ -20,6 +20,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
@@ -84,7 +85,9 @@ def _encode_chunk(job: tuple[list[str], bool, str]) -> tuple[np.ndarray, np.ndar
         parts = split_sentences(text) if sentences_wanted else [text]
         sentences.extend(parts)
         counts[i] = len(parts)
-    encodings = _backend.encode_batch(sentences, add_special_tokens=False)
+    # encode_batch_fast (tokenizers >= 0.21) skips the character offsets we do not need: ~25% faster
+    encode = getattr(_backend, "encode_batch_fast", _backend.encode_batch)
+    encodings = encode(sentences, add_special_tokens=False)
     lengths = np.fromiter((len(e) for e in encodings), dtype=np.int64, count=len(encodings))
     ids = np.fromiter(chain.from_iterable(e.ids for e in encodings), dtype=dtype, count=int(lengths.sum()))
     keep = lengths > 0
@@ -92,15 +95,12 @@ def _encode_chunk(job: tuple[list[str], bool, str]) -> tuple[np.ndarray, np.ndar
     return ids, lengths[keep], np.bincount(owner[keep], minlength=len(documents)).astype(np.int64)
 
 
-def _encoded_chunks(jobs: Iterator[tuple[Any, ...]], tokenizer_dir: Path, num_workers: int) -> Iterator[tuple]:
-    """Results of `_encode_chunk` in job order; each job's last element is passed through alongside its result.
-
-    With several workers at most 2 jobs per worker are in flight (a bounded window, unlike `Pool.imap`, whose feeder
-    thread reads the input as fast as it can): memory holds a few chunks, whatever the corpus size."""
+@contextmanager
+def _worker_pool(tokenizer_dir: Path, num_workers: int) -> Iterator[Any]:
+    """A pool of tokenizing processes, or None for one process (tokenizing in this one)."""
     if num_workers <= 1:
         _init_worker(str(tokenizer_dir), single_process=True)
-        for *job, extra in jobs:
-            yield _encode_chunk(tuple(job)), extra
+        yield None
         return
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
@@ -108,20 +108,33 @@ def _encoded_chunks(jobs: Iterator[tuple[Any, ...]], tokenizer_dir: Path, num_wo
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # before forking: no Rust thread pool in (or warning from) forks
     try:
         with context.Pool(num_workers, initializer=_init_worker, initargs=(str(tokenizer_dir),)) as pool:
-            pending: deque = deque()
-            for *job, extra in jobs:
-                pending.append((pool.apply_async(_encode_chunk, (tuple(job),)), extra))
-                if len(pending) >= 2 * num_workers:
-                    result, extra_done = pending.popleft()
-                    yield result.get(), extra_done
-            while pending:
-                result, extra_done = pending.popleft()
-                yield result.get(), extra_done
+            yield pool
     finally:
         if previous is None:
             os.environ.pop("TOKENIZERS_PARALLELISM", None)
         else:
             os.environ["TOKENIZERS_PARALLELISM"] = previous
+
+
+def _encoded_chunks(jobs: Iterator[tuple[Any, ...]], pool: Any, window: int) -> Iterator[tuple]:
+    """Results of `_encode_chunk` in job order; each job's last element is passed through alongside its result.
+
+    With a pool at most `window` jobs are in flight (unlike `Pool.imap`, whose feeder thread reads the input as fast
+    as it can, and whose results pile up if writing is slower): memory holds a few chunks, whatever the corpus size.
+    """
+    if pool is None:
+        for *job, extra in jobs:
+            yield _encode_chunk(tuple(job)), extra
+        return
+    pending: deque = deque()
+    for *job, extra in jobs:
+        pending.append((pool.apply_async(_encode_chunk, (tuple(job),)), extra))
+        if len(pending) >= window:
+            result, extra_done = pending.popleft()
+            yield result.get(), extra_done
+    while pending:
+        result, extra_done = pending.popleft()
+        yield result.get(), extra_done
 
 
 # ---- writing shards -------------------------------------------------------------------------------------------------
@@ -154,8 +167,10 @@ class _SplitWriter:
                 self._file = open(self.directory / f"{shard_name(self.split, len(self.shards))}.bin", "wb")
             ids[doc_token_ends[first] : doc_token_ends[end]].tofile(self._file)
             self._tokens += int(doc_token_ends[end] - doc_token_ends[first])
-            self._sentence_lengths.append(sentence_lengths[doc_sentence_ends[first] : doc_sentence_ends[end]])
-            self._document_sentences.append(document_sentences[first:end])
+            # int32 while buffered (a shard's index is the only thing held in memory): 4 bytes per sentence
+            self._sentence_lengths.append(
+                sentence_lengths[doc_sentence_ends[first] : doc_sentence_ends[end]].astype(np.int32))
+            self._document_sentences.append(document_sentences[first:end].astype(np.int32))
             first = end
 
     def _close(self) -> None:
@@ -163,8 +178,8 @@ class _SplitWriter:
         self._file = None
         name = shard_name(self.split, len(self.shards))
         lengths, docs = np.concatenate(self._sentence_lengths), np.concatenate(self._document_sentences)
-        np.save(self.directory / f"{name}.sentences.npy", np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
-        np.save(self.directory / f"{name}.documents.npy", np.concatenate([[0], np.cumsum(docs)]).astype(np.int64))
+        np.save(self.directory / f"{name}.sentences.npy", np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]))
+        np.save(self.directory / f"{name}.documents.npy", np.concatenate([[0], np.cumsum(docs, dtype=np.int64)]))
         self.shards.append({"name": name, "documents": len(docs), "sentences": len(lengths), "tokens": self._tokens})
         self._tokens, self._sentence_lengths, self._document_sentences = 0, [], []
 
@@ -265,7 +280,11 @@ def prepare_corpus(
     """
     started = time.perf_counter()
     workers = _check_settings(doc_boundary, shard_tokens, validation_fraction, validation_docs, num_workers)
-    files = expand_inputs(inputs)
+    out = Path(output_dir)
+    # An input folder may hold the output folder (a rerun of `prepare data/ --output data/prepared`): skip it.
+    files = [f for f in expand_inputs(inputs) if out.resolve() not in f.resolve().parents]
+    if not files:
+        raise PlmkitError(f"no input files outside the output folder {out}")
     tok_dir = Path(tokenizer_dir)
     if not tok_dir.is_dir():
         raise PlmkitError(f"tokenizer directory not found: {tok_dir}")
@@ -286,34 +305,32 @@ def prepare_corpus(
         chosen = np.zeros(total_docs, dtype=bool)
         chosen[rng.choice(total_docs, validation_docs, replace=False)] = True
 
-    out = Path(output_dir)
     _clear_output(out)
     writers = {split: _SplitWriter(out, split, dtype, shard_tokens) for split in ("train", "validation")}
     from tqdm import tqdm
 
-    bar = tqdm(total=reader.total_bytes, unit="B", unit_scale=True, desc="prepare", file=sys.stderr,
-               disable=not progress, dynamic_ncols=True)
     seen_docs, tokens, done = 0, 0, 0
-    try:
-        jobs = _chunks(reader, split_sentences, dtype.name)
-        for (ids, lengths, doc_sentences), bytes_read in _encoded_chunks(jobs, tok_dir, workers):
-            n = len(doc_sentences)
-            if chosen is not None:
-                is_val = chosen[seen_docs : seen_docs + n]
-            else:
-                is_val = rng.random(n) < validation_fraction
-            seen_docs += n
-            _write_chunk(writers, ids, lengths, doc_sentences, is_val)
-            tokens += len(ids)
-            bar.update(bytes_read - done)
-            done = bytes_read
-            bar.set_postfix_str(f"{tokens / max(time.perf_counter() - started, 1e-9) / 1e6:.2f}M tok/s", refresh=False)
-    except BaseException:
-        for writer in writers.values():
-            writer.abort()
-        raise
-    finally:
-        bar.close()
+    # The pool first, the progress bar (and its monitor thread) after: fork a process that has one thread only.
+    with _worker_pool(tok_dir, workers) as pool, tqdm(total=reader.total_bytes, unit="B", unit_scale=True,
+                                                      desc="prepare", file=sys.stderr, disable=not progress,
+                                                      dynamic_ncols=True) as bar:
+        try:
+            jobs = _chunks(reader, split_sentences, dtype.name)
+            for (ids, lengths, doc_sentences), bytes_read in _encoded_chunks(jobs, pool, 2 * workers):
+                n = len(doc_sentences)
+                is_val = chosen[seen_docs : seen_docs + n] if chosen is not None \
+                    else rng.random(n) < validation_fraction
+                seen_docs += n
+                _write_chunk(writers, ids, lengths, doc_sentences, is_val)
+                tokens += len(ids)
+                bar.update(bytes_read - done)
+                done = bytes_read
+                rate = tokens / max(time.perf_counter() - started, 1e-9)
+                bar.set_postfix_str(f"{rate / 1e6:.2f}M tok/s", refresh=False)
+        except BaseException:
+            for writer in writers.values():
+                writer.abort()
+            raise
     splits = {split: writer.finish() for split, writer in writers.items()}
     if splits["train"]["tokens"] == 0:
         raise PlmkitError(f"no text to train on in {', '.join(map(str, files[:3]))}"
@@ -342,7 +359,7 @@ def prepare_corpus(
     summary = PrepareSummary(out, {s: {k: v if k != "shards" else len(v) for k, v in c.items()}
                                    for s, c in splits.items()},
                              len(files), reader.total_bytes, time.perf_counter() - started)
-    logger.info("%s", summary)
+    logger.debug("%s", summary)
     return summary
 
 
