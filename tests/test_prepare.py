@@ -243,7 +243,14 @@ def test_meta(tmp_path: Path, tok_dir: Path) -> None:
         assert info["documents"] == sum(s["documents"] for s in info["shards"])
         assert info["tokens"] == sum(s["tokens"] for s in info["shards"])
     assert (tmp_path / "out" / "tokenizer" / "tokenizer.json").read_bytes() == (tok_dir / "tokenizer.json").read_bytes()
-    assert PreparedCorpus(tmp_path / "out").tokenizer.get_vocab() == load_tokenizer(tok_dir).get_vocab()
+    corpus = PreparedCorpus(tmp_path / "out")
+    assert corpus.tokenizer.get_vocab() == load_tokenizer(tok_dir).get_vocab()
+    corpus.check_tokenizer(tok_dir)
+    other = tmp_path / "other"
+    shutil.copytree(tok_dir, other)
+    (other / "tokenizer.json").write_bytes((tok_dir / "tokenizer.json").read_bytes() + b" ")
+    with pytest.raises(PlmkitError, match="prepared with another tokenizer"):
+        corpus.check_tokenizer(other)
 
 
 def test_failed_rerun_leaves_no_meta(tmp_path: Path, tok_dir: Path) -> None:

@@ -120,6 +120,8 @@ def test_nsp_table_is_compact_and_pickles(nsp_data: PretrainingDataset) -> None:
     clone = pickle.loads(pickle.dumps(nsp_data))
     assert len(pickle.dumps(nsp_data)) < 48 * len(nsp_data) + 10_000  # no token arrays travel to workers
     assert clone[7]["input_ids"].tolist() == nsp_data[7]["input_ids"].tolist()
+    by_tensor, by_negative = nsp_data[torch.tensor(7)], nsp_data[np.int64(7 - len(nsp_data))]
+    assert by_tensor["input_ids"].tolist() == by_negative["input_ids"].tolist() == clone[7]["input_ids"].tolist()
 
 
 def test_validation_split_and_errors(corpus: PreparedCorpus, tmp_path: Path) -> None:

@@ -10,7 +10,6 @@ deleted before any shard is touched, so a crashed run never leaves a meta.json t
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import multiprocessing
@@ -29,7 +28,15 @@ from typing import Any
 import numpy as np
 
 from plmkit.data.corpus import DOC_BOUNDARIES, DocumentReader, expand_inputs, split_sentences
-from plmkit.data.shards import FORMAT, FORMAT_VERSION, META_FILE, SHARD_FILE, TOKENIZER_DIR, shard_name
+from plmkit.data.shards import (
+    FORMAT,
+    FORMAT_VERSION,
+    META_FILE,
+    SHARD_FILE,
+    TOKENIZER_DIR,
+    shard_name,
+    tokenizer_hash,
+)
 from plmkit.errors import PlmkitError
 
 logger = logging.getLogger(__name__)
@@ -38,7 +45,6 @@ DEFAULT_SHARD_TOKENS = 1 << 26  # 64M tokens: 128 MB of uint16 per shard
 CHUNK_CHARS = 1 << 20  # text per worker task
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "merges.txt", "tokenizer_config.json",
                    "special_tokens_map.json")
-_HASHED_FILES = (("tokenizer.json",), ("vocab.txt",), ("vocab.json", "merges.txt"))
 
 
 @dataclass(frozen=True)
@@ -207,17 +213,6 @@ def _chunks(reader: DocumentReader, sentences: bool, dtype: str) -> Iterator[tup
             documents, size = [], 0
     if documents:
         yield documents, sentences, dtype, reader.bytes_read
-
-
-def tokenizer_hash(tokenizer_dir: Path) -> tuple[str, str]:
-    """(sha256 of the tokenizer's defining file(s), their names): tokenizer.json, else vocab.txt, else the BPE pair."""
-    for names in _HASHED_FILES:
-        if all((tokenizer_dir / name).is_file() for name in names):
-            digest = hashlib.sha256()
-            for name in names:
-                digest.update((tokenizer_dir / name).read_bytes())
-            return digest.hexdigest(), "+".join(names)
-    raise PlmkitError(f"no tokenizer.json, vocab.txt or vocab.json + merges.txt in {tokenizer_dir}")
 
 
 def _special_ids(tokenizer: Any) -> dict[str, int]:

@@ -22,6 +22,7 @@ exactly as one process would.
 from __future__ import annotations
 
 import logging
+import operator
 import random
 from array import array
 from collections.abc import Sequence
@@ -88,6 +89,7 @@ class PretrainingDataset:
     def __getitem__(self, index: int) -> dict[str, Any]:
         """{'input_ids': (T,), 'token_type_ids': (T,) (int64 arrays)[, 'next_sentence_label': int]};
         T <= max_seq_length."""
+        index = operator.index(index)  # ints, numpy and 0-d torch integers
         if not -len(self) <= index < len(self):
             raise IndexError(f"example {index} out of range ({len(self)} examples)")
         index %= len(self)

@@ -15,6 +15,7 @@ corpus costs nothing and a `PreparedCorpus` pickles (to DataLoader workers) with
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Iterator
@@ -33,6 +34,22 @@ TOKENIZER_DIR = "tokenizer"
 SPLITS = ("train", "validation")
 # Every file a prepare writes besides meta.json and tokenizer/ matches this (a rerun deletes the old ones first).
 SHARD_FILE = re.compile(r"^(train|validation)-\d{5}\.(bin|sentences\.npy|documents\.npy)$")
+
+
+# The files whose bytes define a tokenizer's ids, in order of preference (hashed to tie a corpus to its tokenizer).
+_HASHED_FILES = (("tokenizer.json",), ("vocab.txt",), ("vocab.json", "merges.txt"))
+
+
+def tokenizer_hash(tokenizer_dir: str | Path) -> tuple[str, str]:
+    """(sha256 of the tokenizer's defining file(s), their names): tokenizer.json, else vocab.txt, else the BPE pair."""
+    directory = Path(tokenizer_dir)
+    for names in _HASHED_FILES:
+        if all((directory / name).is_file() for name in names):
+            digest = hashlib.sha256()
+            for name in names:
+                digest.update((directory / name).read_bytes())
+            return digest.hexdigest(), "+".join(names)
+    raise PlmkitError(f"no tokenizer.json, vocab.txt or vocab.json + merges.txt in {directory}")
 
 
 def shard_name(split: str, index: int) -> str:
@@ -170,6 +187,14 @@ class PreparedCorpus:
         for shard in self.shards(split):
             for index in range(shard.num_documents):
                 yield shard.document(index)
+
+    def check_tokenizer(self, tokenizer_dir: str | Path) -> None:
+        """Raise PlmkitError unless `tokenizer_dir` holds the tokenizer this corpus was prepared with (same hash)."""
+        digest, files = tokenizer_hash(tokenizer_dir)
+        if digest != self.meta["tokenizer"]["sha256"]:
+            raise PlmkitError(f"{self.directory} was prepared with another tokenizer than {tokenizer_dir} "
+                              f"(sha256 of {files}: {digest[:12]}, corpus: {self.meta['tokenizer']['sha256'][:12]}); "
+                              "prepare the corpus again with this tokenizer")
 
     @cached_property
     def tokenizer(self) -> Any:
