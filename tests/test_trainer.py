@@ -184,3 +184,14 @@ def test_ddp_two_processes_match_one_process(tmp_path):
     a = torch.load(list_checkpoints(tmp_path / "single")[-1].path / "optimizer.pt", weights_only=True)
     b = torch.load(list_checkpoints(tmp_path / "ddp")[-1].path / "optimizer.pt", weights_only=True)
     torch.testing.assert_close(a["state"][0]["exp_avg"], b["state"][0]["exp_avg"], atol=1e-6, rtol=1e-4)
+
+
+def test_time_driven_schedule_reaches_the_end_of_decay(tmp_path):
+    trainer = make_trainer(str(tmp_path), max_steps=1000, max_minutes=0.03, step_sleep=0.05, warmup_steps=1,
+                           schedule_by_time=True)
+    result = trainer.fit()
+    assert result.stopped_by == "max_minutes"
+    lrs = [r["lr"] for r in read_metrics(tmp_path / "metrics.jsonl", "train")]
+    assert lrs[-1] < 0.25 * 1e-3  # decayed by the clock although only a few of the 1000 steps ran
+    with pytest.raises(PlmkitError, match="max_minutes"):
+        TrainConfig(schedule_by_time=True)

@@ -6,11 +6,12 @@ import argparse
 import logging
 import sys
 
-from plmkit.commands import demo, info, prepare, search, tokenizer
+from plmkit.commands import demo, info, prepare, pretrain, search, tokenizer
 from plmkit.errors import PlmkitError
 
 # Every verb by name; each module has `add_parser(subparsers)` and sets `func` to its `run(args) -> int`.
-COMMANDS = {"info": info, "tokenizer": tokenizer, "prepare": prepare, "search": search, "demo": demo}
+COMMANDS = {"info": info, "tokenizer": tokenizer, "prepare": prepare, "pretrain": pretrain, "search": search,
+            "demo": demo}
 
 
 def build_parser() -> argparse.ArgumentParser:

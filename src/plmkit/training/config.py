@@ -40,6 +40,10 @@ class TrainConfig:
     warmup_steps: int = 0
     warmup_ratio: float = 0.0
     schedule: str = "linear"
+    # With max_minutes: decay by the larger of step progress and time progress, so a run cut by the clock
+    # still ends with the learning rate near its minimum (as cramming's budgeted schedules). Off by default:
+    # a time-driven schedule is not reproducible bit for bit.
+    schedule_by_time: bool = False
     min_lr_ratio: float = 0.0
     clip_grad_norm: float | None = 1.0
     log_every: int = 10
@@ -64,6 +68,8 @@ class TrainConfig:
             raise PlmkitError(f"train.best_mode must be 'max' or 'min', got {self.best_mode!r}")
         if self.keep_last < 1:
             raise PlmkitError(f"train.keep_last must be >= 1, got {self.keep_last}")
+        if self.schedule_by_time and not self.max_minutes:
+            raise PlmkitError("train.schedule_by_time needs train.max_minutes")
         if self.lr <= 0:
             raise PlmkitError(f"train.lr must be positive, got {self.lr}")
 
@@ -148,7 +154,11 @@ def apply_override(recipe: dict[str, Any], item: str) -> None:
     node = recipe
     parts = key.split(".")
     for part in parts[:-1]:
-        child = node.setdefault(part, {})
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        elif isinstance(child, str):  # a section given as a file (`model: configs/models/x.yaml`) + field changes
+            child = node[part] = {"file": child}
         if not isinstance(child, dict):
             raise PlmkitError(f"override {item!r}: {part!r} is a value, not a section")
         node = child

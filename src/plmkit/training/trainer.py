@@ -101,7 +101,7 @@ class Trainer:
                               "or choose another train.output_dir")
         metrics = MetricsLog(self.output_dir, tensorboard=self.impl.tensorboard,
                              resume_step=self.step if resume else None) if main else None
-        start = time.monotonic()
+        start = self._start = time.monotonic()
         last_save = start
         bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
                    disable=not (main and self.impl.progress))
@@ -124,7 +124,9 @@ class Trainer:
                     bar.set_postfix(loss=f"{last_loss:.4f}", tok_s=f"{tok_s:,.0f}", refresh=False)
                     window_tokens, window_start = 0, now
                 bar.update(1)
-                out_of_time = cfg.max_minutes is not None and now - start >= cfg.max_minutes * 60
+                # The budget covers the whole run: time before a resume counts too.
+                out_of_time = cfg.max_minutes is not None and \
+                    self._elapsed_before + now - start >= cfg.max_minutes * 60
                 last_step = self.step == cfg.max_steps or out_of_time
                 if self.evaluator is not None and (last_step or (cfg.eval_every and self.step % cfg.eval_every == 0)):
                     eval_metrics = self._evaluate(metrics)
@@ -182,7 +184,7 @@ class Trainer:
             if isinstance(loss, torch.Tensor):
                 loss.backward()
         term_sums = all_reduce_sum(term_sums, self.dist).tolist()
-        lr = lr_at(self.step, base_lr=cfg.lr, warmup=cfg.warmup, total=cfg.max_steps, schedule=cfg.schedule,
+        lr = lr_at(self._schedule_step(), base_lr=cfg.lr, warmup=cfg.warmup, total=cfg.max_steps, schedule=cfg.schedule,
                    min_lr_ratio=cfg.min_lr_ratio)
         set_lr(self.optimizer, lr)
         grad_norm = None
@@ -198,6 +200,16 @@ class Trainer:
         if not math.isfinite(stats["loss"]):
             raise PlmkitError(f"step {self.step}: the loss is {stats['loss']}; lower train.lr or check the data")
         return stats
+
+    def _schedule_step(self) -> int:
+        """The step the schedule is at: the optimizer step, or with `schedule_by_time` the step that the elapsed
+        share of the time budget corresponds to, when that is further along (never during warm-up)."""
+        cfg = self.config
+        if not cfg.schedule_by_time or self.step < cfg.warmup:
+            return self.step
+        elapsed = self._elapsed_before + time.monotonic() - self._start
+        by_time = cfg.warmup + elapsed / (cfg.max_minutes * 60) * (cfg.max_steps - cfg.warmup)
+        return max(self.step, min(cfg.max_steps, int(by_time)))
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.impl.precision == "bf16":

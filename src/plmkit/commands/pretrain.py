@@ -1,0 +1,32 @@
+"""`plmkit pretrain --config RECIPE [--resume] [section.key=value ...]`: pretrain a BERT from a recipe.
+
+Under `torchrun --nproc_per_node N -m plmkit pretrain ...` it trains data-parallel; see `plmkit.training.distributed`.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from plmkit.training.pretrain import pretrain_from_file
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser("pretrain", help="pretrain a BERT (masked LM + next-sentence prediction)",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", metavar="YAML", help="recipe, e.g. configs/pretrain/bert-mini.yaml")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in train.output_dir from its newest intact checkpoint")
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value",
+                        help="change recipe values, e.g. train.max_steps=200 train.lr=5e-4")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    result, model_dir = pretrain_from_file(args.config, args.overrides, resume=args.resume)
+    line = f"pretrained {result.step} steps ({result.stopped_by}, {result.elapsed_s / 60:.1f} min)"
+    if result.eval_metrics:
+        line += "; held-out " + ", ".join(f"{k} {v:.4g}" for k, v in result.eval_metrics.items())
+    print(line)
+    print(f"model: {model_dir}")
+    return 0
