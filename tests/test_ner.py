@@ -20,6 +20,16 @@ from plmkit.tasks.token_classification import entity_spans, fill_missing, tag_li
 WORDS = ["wash", "##ing", "##ton", "john", "##son", "visited", "ulm", "in", "may", "the", "city"]
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine OpenMP's spinning threads
+    make each small op ~100x slower; restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def make_tokenizer(directory: Path, words: list[str] = WORDS) -> BertTokenizer:
     """A WordPiece vocabulary whose splits we know: "washington" -> wash ##ing ##ton, "johnson" -> john ##son."""
     chars = list(string.ascii_lowercase + string.digits + string.punctuation)

@@ -22,6 +22,16 @@ WORDS = [f"x{i}" for i in range(60)] + ["what", "where"]
 CONTEXT = " ".join(f"x{i}" for i in range(40))  # one token per word
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine OpenMP's spinning threads
+    make each small op ~100x slower; restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture()
 def tok(tmp_path: Path) -> BertTokenizer:
     chars = list(string.ascii_lowercase + string.digits + string.punctuation)

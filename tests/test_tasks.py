@@ -20,6 +20,16 @@ from plmkit.tasks import TextExample, list_tasks
 CHARS = list(string.ascii_lowercase + string.digits + string.punctuation)
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine OpenMP's spinning threads
+    make each small op ~100x slower; restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture()
 def tok(tmp_path: Path) -> BertTokenizer:
     """Any ASCII text tokenizes: single characters and ##characters are in the vocabulary."""
