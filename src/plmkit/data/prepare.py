@@ -183,10 +183,9 @@ class _SplitWriter:
         self._file.close()
         self._file = None
         name = shard_name(self.split, len(self.shards))
-        lengths, docs = np.concatenate(self._sentence_lengths), np.concatenate(self._document_sentences)
-        np.save(self.directory / f"{name}.sentences.npy", np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]))
-        np.save(self.directory / f"{name}.documents.npy", np.concatenate([[0], np.cumsum(docs, dtype=np.int64)]))
-        self.shards.append({"name": name, "documents": len(docs), "sentences": len(lengths), "tokens": self._tokens})
+        sentences = _save_offsets(self.directory / f"{name}.sentences.npy", self._sentence_lengths)
+        documents = _save_offsets(self.directory / f"{name}.documents.npy", self._document_sentences)
+        self.shards.append({"name": name, "documents": documents, "sentences": sentences, "tokens": self._tokens})
         self._tokens, self._sentence_lengths, self._document_sentences = 0, [], []
 
     def finish(self) -> dict[str, Any]:
@@ -198,6 +197,24 @@ class _SplitWriter:
     def abort(self) -> None:
         if self._file is not None:
             self._file.close()
+
+
+def _save_offsets(path: Path, counts: list[np.ndarray]) -> int:
+    """Save [0, *cumsum(concatenated counts)] as an int64 .npy, piece by piece: the int64 array of a whole shard is
+    never built in memory (it would be 3x the int32 buffer). Returns the number of counts."""
+    total = sum(len(c) for c in counts)
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype("<i8")), "fortran_order": False, "shape": (total + 1,)}
+    with open(path, "wb") as handle:
+        np.lib.format.write_array_header_1_0(handle, header)
+        offset = np.zeros(1, dtype="<i8")
+        offset.tofile(handle)
+        for piece in counts:
+            ends = np.cumsum(piece, dtype="<i8")
+            ends += offset[0]
+            ends.tofile(handle)
+            if len(ends):
+                offset[0] = ends[-1]
+    return total
 
 
 # ---- the pipeline ---------------------------------------------------------------------------------------------------
