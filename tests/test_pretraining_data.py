@@ -139,6 +139,12 @@ def test_validation_split_and_errors(corpus: PreparedCorpus, tmp_path: Path) -> 
     with pytest.raises(PlmkitError, match="prepared without sentence splitting"):
         PretrainingDataset(tmp_path / "out")
     assert len(PretrainingDataset(tmp_path / "out", nsp=False, max_seq_length=16)) > 0
+    # One document cannot give random next sentences: no NSP examples (a warning), but packed segments.
+    write_corpus(tmp_path / "one.txt", 1)
+    prepare_corpus(tmp_path / "one.txt", tmp_path / "one", corpus.directory / "tokenizer", num_workers=1,
+                   validation_fraction=0.0, progress=False)
+    assert len(PretrainingDataset(tmp_path / "one")) == 0
+    assert len(PretrainingDataset(tmp_path / "one", nsp=False)) > 0
 
 
 # ---- packed segments ----------------------------------------------------------------------------------------------

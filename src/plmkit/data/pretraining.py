@@ -75,12 +75,14 @@ class PretrainingDataset:
             raise PlmkitError(f"{self.corpus.directory}: prepared without sentence splitting; NSP needs sentences "
                               "(use nsp=False, or prepare again without --no-sentences)")
         if nsp and num_docs == 1:
-            raise PlmkitError(f"{self.corpus.directory}: NSP needs at least 2 documents in split {split!r}, for "
-                              "random next sentences; it has 1 (prepare with more, or use nsp=False)")
+            # Random next sentences come from another document. An error here would end a run whose small
+            # validation split happened to get a single document; no examples (and this warning) instead.
+            logger.warning("%s: split %r has a single document and NSP needs two: it gives no examples",
+                           self.corpus.directory, split)
         self._pairs, self._labels, self._num_chunks = np.zeros((0, 6), dtype=np.int64), np.zeros(0, np.int8), 0
-        if num_docs and nsp:
+        if num_docs > 1 and nsp:
             self._pairs, self._labels = self._build_pairs()
-        elif num_docs:
+        elif num_docs and not nsp:
             self._build_stream()
 
     def __len__(self) -> int:
