@@ -16,18 +16,26 @@ from typing import Any
 import yaml
 
 from plmkit.errors import PlmkitError
-from plmkit.layers.feedforward import ACTIVATIONS
+from plmkit.layers.feedforward import ACTIVATIONS, MLPS
+from plmkit.layers.norms import NORMS
 
 NORM_POSITIONS = ("post", "pre")
+POSITION_EMBEDDINGS = ("learned", "rotary")
 PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
 
 
 @dataclass
 class ModelConfig:
-    """Architecture of an encoder and its heads.
+    """Architecture of an encoder or decoder and its heads.
 
     `norm_position="post"` is BERT (LayerNorm after each residual add); `"pre"` normalises the input of
     each sub-layer and adds a final LayerNorm. `type_vocab_size=0` drops the segment embedding.
+
+    A decoder (`CausalLM`) is `causal=True`, pre-LN and has no segment embedding; GPT-2 and Llama differ only in
+    the rest: `position_embedding` ("learned" table or "rotary", RoPE with `rope_theta`), `norm` ("layernorm" or
+    "rmsnorm", eps `layer_norm_eps`), `mlp` ("standard": W2 act(W1 x), or "gated": W2 (act(Wg x) * Wu x), SwiGLU
+    with `activation="silu"`), `num_kv_heads` (grouped-query attention; None means `num_heads`), `bias` (biases in
+    the attention and MLP projections and in LayerNorms) and `tie_word_embeddings`.
     """
 
     vocab_size: int = 30522
@@ -44,11 +52,20 @@ class ModelConfig:
     attention_dropout: float = 0.1
     classifier_dropout: float | None = None
     initializer_range: float = 0.02
-    pad_token_id: int = 0
+    pad_token_id: int | None = 0
     tie_word_embeddings: bool = True
     num_labels: int = 2
     id2label: dict[int, str] | None = None
     problem_type: str | None = None
+    causal: bool = False
+    position_embedding: str = "learned"
+    rope_theta: float = 10000.0
+    norm: str = "layernorm"
+    mlp: str = "standard"
+    num_kv_heads: int | None = None
+    bias: bool = True
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
     head_dim: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -67,6 +84,19 @@ class ModelConfig:
             raise PlmkitError(f"config: unknown activation {self.activation!r}; choose from: {', '.join(ACTIVATIONS)}")
         if self.norm_position not in NORM_POSITIONS:
             raise PlmkitError(f"config: unknown norm_position {self.norm_position!r}; choose from: pre, post")
+        for name, choices in (("position_embedding", POSITION_EMBEDDINGS), ("norm", tuple(NORMS)),
+                              ("mlp", tuple(MLPS))):
+            if getattr(self, name) not in choices:
+                raise PlmkitError(f"config: unknown {name} {getattr(self, name)!r}; choose from: {', '.join(choices)}")
+        if self.num_kv_heads is not None:
+            if (not isinstance(self.num_kv_heads, int) or isinstance(self.num_kv_heads, bool) or self.num_kv_heads <= 0
+                    or self.num_heads % self.num_kv_heads != 0):
+                raise PlmkitError(f"config: num_kv_heads must be a positive integer that divides num_heads "
+                                  f"({self.num_heads}), got {self.num_kv_heads!r}")
+        if not self.rope_theta > 0:
+            raise PlmkitError(f"config: rope_theta must be > 0, got {self.rope_theta!r}")
+        if self.position_embedding == "rotary" and self.head_dim % 2 != 0:
+            raise PlmkitError(f"config: rotary positions need an even head_dim, got {self.head_dim}")
         if self.problem_type is not None and self.problem_type not in PROBLEM_TYPES:
             raise PlmkitError(f"config: unknown problem_type {self.problem_type!r}; "
                               f"choose from: {', '.join(PROBLEM_TYPES)}")
@@ -108,6 +138,11 @@ class ModelConfig:
         d = self.to_dict()
         d.update(changes)
         return ModelConfig.from_dict(d)
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads: `num_kv_heads`, or `num_heads` (plain multi-head attention) when unset."""
+        return self.num_kv_heads or self.num_heads
 
     # ------------------------------------------------------------------ labels
     @property

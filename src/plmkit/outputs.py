@@ -82,3 +82,18 @@ class QuestionAnsweringOutput(ModelOutput):
     end_logits: torch.Tensor | None = None  # (B, T)
     hidden_states: tuple[torch.Tensor, ...] | None = None
     attentions: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass
+class DecoderOutput(ModelOutput):
+    last_hidden_state: torch.Tensor  # (B, T, C), after the final norm
+    cache: Any = None  # the KVCache the keys and values of these positions were added to
+    hidden_states: tuple[torch.Tensor, ...] | None = None  # num_layers + 1 of (B, T, C), embeddings first
+
+
+@dataclass
+class CausalLMOutput(ModelOutput):
+    loss: torch.Tensor | None = None  # mean next-token cross-entropy over the targets that are not -100
+    logits: torch.Tensor | None = None  # (B, T, V); (B, k, V) with logits_to_keep=k; None with return_logits=False
+    cache: Any = None  # plmkit.layers.KVCache, to continue from with the next tokens
+    hidden_states: tuple[torch.Tensor, ...] | None = None

@@ -34,3 +34,25 @@ class FeedForward(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, C) -> (B, T, C)"""
         return self.out_proj(self.act(self.in_proj(x)))
+
+
+class GatedFeedForward(nn.Module):
+    """Gated feed-forward (GLU family; SwiGLU with "silu", as Llama): W_down · (act(W_gate x) ⊙ W_up x).
+
+    Gate and up projections are one fused (C -> 2I) matmul, gate first; the interop maps split and fuse it.
+    """
+
+    def __init__(self, hidden_size: int, intermediate_size: int, activation: str = "silu", bias: bool = True) -> None:
+        super().__init__()
+        self.in_proj = nn.Linear(hidden_size, 2 * intermediate_size, bias=bias)
+        self.out_proj = nn.Linear(intermediate_size, hidden_size, bias=bias)
+        self.act = get_activation(activation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, C) -> (B, T, C)"""
+        gate, up = self.in_proj(x).chunk(2, dim=-1)
+        return self.out_proj(self.act(gate) * up)
+
+
+# Registry of feed-forward layers by config name (`mlp`); each takes (hidden, intermediate, activation, bias).
+MLPS: dict[str, type[nn.Module]] = {"standard": FeedForward, "gated": GatedFeedForward}

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from plmkit.config import ModelConfig
+from plmkit.errors import PlmkitError
 from plmkit.layers import Embeddings, FeedForward, Packing, SelfAttention, TransformerBlock
 from plmkit.outputs import EncoderOutput
 
@@ -20,6 +21,20 @@ def build_block(config: ModelConfig) -> TransformerBlock:
         dropout=config.hidden_dropout,
         norm_position=config.norm_position,
     )
+
+
+# What the encoder implements of the fields a decoder varies; anything else would be silently ignored.
+ENCODER_VALUES = {"causal": False, "position_embedding": "learned", "norm": "layernorm", "mlp": "standard",
+                  "bias": True}
+
+
+def check_encoder_config(config: ModelConfig) -> None:
+    wrong = [f"{k}={getattr(config, k)!r}" for k, v in ENCODER_VALUES.items() if getattr(config, k) != v]
+    if config.kv_heads != config.num_heads:
+        wrong.append(f"num_kv_heads={config.num_kv_heads}")
+    if wrong:
+        raise PlmkitError(f"config: the encoder (BERT) does not implement {', '.join(wrong)}; decoder settings are "
+                          "for plmkit.CausalLM")
 
 
 def padding_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -42,6 +57,7 @@ class Encoder(nn.Module):
 
     def __init__(self, config: ModelConfig, unpad: bool = True) -> None:
         super().__init__()
+        check_encoder_config(config)
         self.config = config
         self.unpad = unpad
         self.embed = Embeddings(config.vocab_size, config.hidden_size, config.max_position_embeddings,
