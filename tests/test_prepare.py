@@ -253,6 +253,16 @@ def test_meta(tmp_path: Path, tok_dir: Path) -> None:
         corpus.check_tokenizer(other)
 
 
+def test_rerun_with_the_tokenizer_inside_the_output(tmp_path: Path, tok_dir: Path, tokenizer) -> None:
+    """`prepare --tokenizer out/tokenizer --output out` (a rerun from the corpus's own copy) keeps the tokenizer."""
+    docs = make_documents(20, seed=10)
+    write_blank_line_text(tmp_path / "a.txt", docs)
+    prepare_corpus(tmp_path / "a.txt", tmp_path / "out", tok_dir, num_workers=1, progress=False)
+    prepare_corpus(tmp_path / "a.txt", tmp_path / "out", tmp_path / "out" / "tokenizer", num_workers=1,
+                   validation_fraction=0.0, progress=False)
+    assert_decodes_to(PreparedCorpus(tmp_path / "out"), tokenizer, [doc_text(d) for d in docs])
+
+
 def test_failed_rerun_leaves_no_meta(tmp_path: Path, tok_dir: Path) -> None:
     """A prepare that fails half-way over an earlier corpus must not leave that corpus's meta.json in place."""
     write_blank_line_text(tmp_path / "a.txt", make_documents(20, seed=7))

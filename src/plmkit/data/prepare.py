@@ -239,13 +239,25 @@ def _special_ids(tokenizer: Any) -> dict[str, int]:
 
 
 def _clear_output(directory: Path) -> None:
-    """Delete what an earlier prepare wrote here: meta.json first, so it never describes half-written shards."""
+    """Delete what an earlier prepare wrote here: meta.json first, so it never describes half-written shards.
+    Only plmkit's own file names are touched (the tokenizer copy is overwritten later)."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / META_FILE).unlink(missing_ok=True)
     for path in directory.iterdir():
         if SHARD_FILE.match(path.name) or path.name == f"{META_FILE}.tmp":
             path.unlink()
-    shutil.rmtree(directory / TOKENIZER_DIR, ignore_errors=True)
+
+
+def _copy_tokenizer(source: Path, directory: Path) -> None:
+    """A byte-for-byte copy of the tokenizer files in <directory>/tokenizer (a no-op if the source is that folder)."""
+    target = directory / TOKENIZER_DIR
+    if target.exists() and target.resolve() == source.resolve():
+        return
+    target.mkdir(exist_ok=True)
+    for name in TOKENIZER_FILES:
+        (target / name).unlink(missing_ok=True)  # no stale vocab.txt beside a new tokenizer.json
+        if (source / name).is_file():
+            shutil.copyfile(source / name, target / name)
 
 
 def _check_settings(doc_boundary: str, shard_tokens: int, validation_fraction: float, validation_docs: int | None,
@@ -254,7 +266,7 @@ def _check_settings(doc_boundary: str, shard_tokens: int, validation_fraction: f
         raise PlmkitError(f"unknown doc_boundary {doc_boundary!r}; choose from: {', '.join(DOC_BOUNDARIES)}")
     if not isinstance(shard_tokens, int) or shard_tokens < 1:
         raise PlmkitError(f"shard_tokens must be a positive int, got {shard_tokens!r}")
-    if not 0.0 <= validation_fraction < 1.0:
+    if not isinstance(validation_fraction, (int, float)) or not 0.0 <= validation_fraction < 1.0:
         raise PlmkitError(f"validation_fraction must be in [0, 1), got {validation_fraction!r}")
     if validation_docs is not None and (not isinstance(validation_docs, int) or validation_docs < 0):
         raise PlmkitError(f"validation_docs must be a non-negative int, got {validation_docs!r}")
@@ -348,10 +360,7 @@ def prepare_corpus(
         raise PlmkitError(f"no text to train on in {', '.join(map(str, files[:3]))}"
                           f"{' ...' if len(files) > 3 else ''} (all documents empty, or all in validation)")
 
-    (out / TOKENIZER_DIR).mkdir()
-    for name in TOKENIZER_FILES:
-        if (tok_dir / name).is_file():
-            shutil.copyfile(tok_dir / name, out / TOKENIZER_DIR / name)
+    _copy_tokenizer(tok_dir, out)
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
