@@ -225,3 +225,18 @@ def test_evaluate_streams_and_matches_direct_scoring(tok: BertTokenizer) -> None
         for name in ("f1", "precision", "recall", "accuracy"):
             assert metrics[name] == pytest.approx(expected[name])
     assert all("loss" in metrics for metrics in by_batch.values())
+
+
+def test_character_level_prediction_for_chinese(tmp_path: Path) -> None:
+    tok = make_tokenizer(tmp_path, WORDS + ["北", "京", "是", "首", "都"])
+    labels = ["O", "B-LOC", "I-LOC"]
+    model = LookupTagger(tok, labels, {"北": "B-LOC", "京": "I-LOC"})
+    (result,) = get_task("cluener").predict(model, tok, ["北 京是首都"])
+    assert result["words"] == ["北", "京", "是", "首", "都"]  # one word per character; the space is not a word
+    (entity,) = result["entities"]
+    assert (entity["type"], entity["text"], entity["char_start"], entity["char_end"]) == ("LOC", "北 京", 0, 3)
+    (words,) = get_task("cluener").predict(model, tok, [["北", "京", "是"]])
+    assert words["entities"][0]["text"] == "北京"  # character-level words join with no space
+    (tmp_path / "test.json").write_text('{"id": 0, "text": "北京"}\n', encoding="utf-8")
+    (unlabelled,) = get_task("cluener").read(tmp_path, "test")
+    assert unlabelled.tokens == ["北", "京"] and unlabelled.tags is None

@@ -67,7 +67,8 @@ def _one_or_many(inputs: Any, single: type | tuple[type, ...]) -> tuple[list[Any
         return [inputs], True
     if isinstance(inputs, (list, tuple)):
         return list(inputs), False
-    raise PlmkitError(f"expected {single} or a list of them, got {type(inputs).__name__}")
+    kinds = " or ".join(t.__name__ for t in (single if isinstance(single, tuple) else (single,)))
+    raise PlmkitError(f"expected a {kinds} or a list of them, got {type(inputs).__name__}")
 
 
 class TextClassificationPipeline(Pipeline):

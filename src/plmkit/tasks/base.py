@@ -41,8 +41,10 @@ def sorted_labels(labels: Iterable[str]) -> list[str]:
 
 def as_id2label(id2label: dict[int, str] | Sequence[str] | None) -> dict[int, str] | None:
     """Accept `{0: "neg", 1: "pos"}` or `["neg", "pos"]`."""
-    if id2label is None or isinstance(id2label, dict):
-        return None if id2label is None else {int(k): str(v) for k, v in id2label.items()}
+    if id2label is None:
+        return None
+    if isinstance(id2label, dict):
+        return {int(k): str(v) for k, v in id2label.items()}
     return dict(enumerate(id2label))
 
 
@@ -180,6 +182,15 @@ class Task:
 
     def _collate_labels(self, features: Sequence[dict[str, Any]], length: int) -> dict[str, torch.Tensor]:
         return {}
+
+    @staticmethod
+    def _labelled(features: Sequence[dict[str, Any]], key: str) -> bool:
+        """Whether the batch carries `key` (labels, start_positions); a batch where only some features do is an
+        error, as it would silently train on part of it."""
+        count = sum(key in f for f in features)
+        if 0 < count < len(features):
+            raise PlmkitError(f"cannot collate a batch where only {count} of {len(features)} features have {key}")
+        return count > 0
 
     # ------------------------------------------------------------------ model
     def model_config(self, config: ModelConfig, id2label: dict[int, str] | None) -> ModelConfig:

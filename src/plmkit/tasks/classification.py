@@ -114,16 +114,16 @@ class ClassificationTask(Task):
         if self.hub_columns is None:
             return super().from_hf_dataset(dataset, split)
         text_col, pair_col, label_col = self.hub_columns
+        name = self.hub[0] if self.hub else "dataset"
         examples = []
         for i, row in enumerate(dataset):
             label = row.get(label_col)
-            if label is not None and not self.regression:
-                # The hub marks unlabelled test rows with -1.
-                label = None if label == -1 else self.hub_labels[label] if self.hub_labels else str(label)
-            if self.regression and label is not None and label < 0:
+            if label is not None and label < 0:  # the hub marks the unlabelled test rows with -1
                 label = None
+            elif label is not None and not self.regression:
+                label = self.hub_labels[label] if self.hub_labels else str(label)
             examples.append(TextExample(text=row[text_col], text_pair=row[pair_col] if pair_col else None,
-                                        label=label, id=str(row.get("idx", i)), source=f"{self.hub[0]}[{split}][{i}]"))
+                                        label=label, id=str(row.get("idx", i)), source=f"{name}[{split}][{i}]"))
         return examples
 
     # ------------------------------------------------------------------ labels, features, model
@@ -167,11 +167,8 @@ class ClassificationTask(Task):
         return label_id(label2id, str(example.label), example.source or f"example {example.id}")
 
     def _collate_labels(self, features: Sequence[dict[str, Any]], length: int) -> dict[str, torch.Tensor]:
-        labelled = sum("labels" in f for f in features)
-        if labelled == 0:
+        if not self._labelled(features, "labels"):
             return {}
-        if labelled != len(features):
-            raise PlmkitError("cannot collate a batch where only some features have labels")
         dtype = torch.float if self.regression else torch.long
         return {"labels": torch.tensor([f["labels"] for f in features], dtype=dtype)}
 
@@ -191,15 +188,18 @@ class ClassificationTask(Task):
         """Predictions for examples, texts or (text, text_pair) pairs: {"label", "score"} (the class probability;
         a list of the `top_k` best when top_k > 1), or {"score"} (the predicted value) for a regression."""
         examples = [as_text_example(item) for item in inputs]
+        paired = {e.text_pair is not None for e in examples}
+        if len(paired) > 1:
+            raise PlmkitError("cannot predict single texts and text pairs in one call")
         labels = model_labels(model)
         results: list[Any] = []
         model.eval()
         with torch.inference_mode():
             for start in range(0, len(examples), batch_size):
                 chunk = examples[start:start + batch_size]
-                pairs = [e.text_pair for e in chunk]
-                enc = tokenizer([e.text for e in chunk], pairs if all(p is not None for p in pairs) else None,
-                                truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+                pairs = [e.text_pair for e in chunk] if True in paired else None
+                enc = tokenizer([e.text for e in chunk], pairs, truncation=True, max_length=max_length, padding=True,
+                                return_tensors="pt")
                 logits = model(**{k: v.to(model.device) for k, v in enc.items()}).logits.float().cpu()
                 if self.regression or logits.shape[-1] == 1:
                     results.extend({"score": float(v)} for v in logits[:, 0])

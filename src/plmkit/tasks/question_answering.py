@@ -65,6 +65,14 @@ class SquadTask(Task):
         self.doc_stride, self.max_question_length = doc_stride, max_question_length
 
     # ------------------------------------------------------------------ reading
+    def find_file(self, data_dir: str | Path, split: str) -> Path:
+        try:
+            return super().find_file(data_dir, split)
+        except PlmkitError as err:
+            if self.split_name(split) != "train" or self.train_articles is not None:
+                raise
+            raise PlmkitError(f"{err}; with only the dev file, split it by article: train_articles=38") from None
+
     def read_file(self, path: Path, split: str = "validation") -> list[QAExample]:
         data = read_json(Path(path))
         articles = data.get("data") if isinstance(data, dict) else None
@@ -106,8 +114,7 @@ class SquadTask(Task):
         titles = list(dict.fromkeys(row.get("title", "") for row in rows))
         keep = None
         if self.train_articles is not None:
-            kept = dict(self._articles(titles, split, "hub dataset"))
-            keep = set(kept.values())
+            keep = {title for _, title in self._articles(titles, split, "hub dataset")}
         examples = []
         for i, row in enumerate(rows):
             if keep is not None and row.get("title", "") not in keep:
@@ -177,11 +184,8 @@ class SquadTask(Task):
         return clipped, lengths
 
     def _collate_labels(self, features: Sequence[dict[str, Any]], length: int) -> dict[str, torch.Tensor]:
-        labelled = sum("start_positions" in f for f in features)
-        if labelled == 0:
+        if not self._labelled(features, "start_positions"):
             return {}
-        if labelled != len(features):
-            raise PlmkitError("cannot collate a batch where only some features have answer positions")
         return {key: torch.tensor([f[key] for f in features], dtype=torch.long)
                 for key in ("start_positions", "end_positions")}
 

@@ -182,11 +182,8 @@ class TokenClassificationTask(Task):
         return features
 
     def _collate_labels(self, features: Sequence[dict[str, Any]], length: int) -> dict[str, torch.Tensor]:
-        labelled = sum("labels" in f for f in features)
-        if labelled == 0:
+        if not self._labelled(features, "labels"):
             return {}
-        if labelled != len(features):
-            raise PlmkitError("cannot collate a batch where only some features have labels")
         return {"labels": torch.tensor([f["labels"] + [IGNORE_INDEX] * (length - len(f["labels"])) for f in features],
                                        dtype=torch.long)}
 
@@ -285,12 +282,15 @@ class TokenScorer:
         return {name: scores[name] for name in self.task.metrics}
 
 
-def cluener_tags(record: dict[str, Any], where: str) -> tuple[list[str], list[str]]:
-    """CLUENER's {"text", "label": {type: {entity: [[start, end_inclusive], ...]}}} as characters and BIO tags.
+def cluener_tags(record: dict[str, Any], where: str) -> tuple[list[str], list[str] | None]:
+    """CLUENER's {"text", "label": {type: {entity: [[start, end_inclusive], ...]}}} as characters and BIO tags
+    (None for a row without "label", as in the unlabelled test file).
 
     A span nested in a longer one (BIO cannot hold both) is dropped with a warning; the longer one is kept.
     """
     text = record_value(record, "text", where)
+    if "label" not in record:
+        return list(text), None
     tokens, tags = list(text), ["O"] * len(text)
     spans = set()  # a set: CLUENER repeats some spans
     for kind, entities in (record.get("label") or {}).items():
