@@ -6,11 +6,24 @@ import argparse
 import logging
 import sys
 
-from plmkit.commands import demo, info, prepare, pretrain, search, tokenizer
+from plmkit.commands import (
+    demo,
+    evaluate,
+    finetune,
+    generate,
+    info,
+    predict,
+    prepare,
+    pretrain,
+    score,
+    search,
+    tokenizer,
+)
 from plmkit.errors import PlmkitError
 
 # Every verb by name; each module has `add_parser(subparsers)` and sets `func` to its `run(args) -> int`.
-COMMANDS = {"info": info, "tokenizer": tokenizer, "prepare": prepare, "pretrain": pretrain, "search": search,
+COMMANDS = {"info": info, "tokenizer": tokenizer, "prepare": prepare, "pretrain": pretrain, "finetune": finetune,
+            "evaluate": evaluate, "predict": predict, "score": score, "generate": generate, "search": search,
             "demo": demo}
 
 

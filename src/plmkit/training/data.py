@@ -38,7 +38,7 @@ class ExampleStream:
 
     def __init__(self, dataset: Sequence[Any], collate: Collate, batch_size: int, *, seed: int = 0,
                  shuffle: bool = True, micro_batch_size: int | None = None, rank: int = 0,
-                 world_size: int = 1) -> None:
+                 world_size: int = 1, lengths: Sequence[int] | None = None) -> None:
         if len(dataset) == 0:
             raise PlmkitError("the training set is empty")
         if batch_size % world_size:
@@ -52,6 +52,9 @@ class ExampleStream:
         self.dataset, self.collate, self.batch_size = dataset, collate, batch_size
         self.seed, self.shuffle, self.rank, self.world_size = seed, shuffle, rank, world_size
         self.micro_batch_size, self.accumulation = micro, per_rank // micro
+        if lengths is not None and len(lengths) != len(dataset):
+            raise ValueError(f"{len(lengths)} lengths for {len(dataset)} examples")
+        self.lengths = torch.as_tensor(lengths) if lengths is not None else None
         self._orders: dict[int, torch.Tensor] = {}
 
     def __len__(self) -> int:
@@ -62,10 +65,21 @@ class ExampleStream:
         if epoch not in self._orders:
             if self.shuffle:
                 g = torch.Generator().manual_seed(example_seed(self.seed, epoch, 0))
-                self._orders = {epoch: torch.randperm(len(self.dataset), generator=g)}
+                order = torch.randperm(len(self.dataset), generator=g)
             else:
-                self._orders = {epoch: torch.arange(len(self.dataset))}
+                order = torch.arange(len(self.dataset))
+            if self.lengths is not None:
+                order = self._group_by_length(order)
+            self._orders = {epoch: order}
         return self._orders[epoch]
+
+    def _group_by_length(self, order: torch.Tensor) -> torch.Tensor:
+        """Length-grouped batches (as transformers' LengthGroupedSampler): cut the shuffled order into mega-batches
+        of 50 global batches and sort each by length, longest first, so a batch holds similar lengths (less
+        padding) while batches still come in random order."""
+        size = 50 * self.batch_size
+        chunks = [order[i:i + size] for i in range(0, len(order), size)]
+        return torch.cat([c[torch.sort(self.lengths[c], descending=True, stable=True).indices] for c in chunks])
 
     def epoch_at(self, step: int) -> float:
         return step * self.batch_size / len(self.dataset)

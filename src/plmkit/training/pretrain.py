@@ -197,6 +197,7 @@ def pretrain(recipe: dict[str, Any], resume: bool = False) -> tuple[TrainResult,
     barrier(dist)
     tokenizer = load_tokenizer(tokenizer_dir)
     corpus = PreparedCorpus(corpus_dir)
+    corpus.check_tokenizer(tokenizer_dir)
     if data.max_seq_length > model_cfg.max_position_embeddings:
         raise PlmkitError(f"data.max_seq_length {data.max_seq_length} exceeds the model's max_position_embeddings "
                           f"{model_cfg.max_position_embeddings}")

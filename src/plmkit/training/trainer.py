@@ -59,12 +59,14 @@ class Trainer:
     """`Trainer(model, train, eval...).fit()`; see the module docstring.
 
     `evaluator(model) -> {name: value}` runs in eval mode under inference mode; `save_model(model, dir)` writes a
-    usable model directory (the best one by `train.best_metric` goes to `<output_dir>/best`).
+    usable model directory (the best one by `train.best_metric` goes to `<output_dir>/best`). `lengths` (one per
+    example) turns on length-grouped batches.
     """
 
     def __init__(self, model: nn.Module, config: TrainConfig, *, train_data: Sequence[Any], collate: Collate,
                  objective: Objective, evaluator: Evaluator | None = None,
-                 save_model: Callable[[nn.Module, Path], Any] | None = None, impl: ImplConfig | None = None) -> None:
+                 save_model: Callable[[nn.Module, Path], Any] | None = None, impl: ImplConfig | None = None,
+                 lengths: Sequence[int] | None = None) -> None:
         self.config, self.impl = config, impl or ImplConfig()
         self.device = resolve_device(self.impl.device)
         if self.impl.num_threads:
@@ -76,7 +78,7 @@ class Trainer:
         self.model = model.to(self.device)  # the raw model: what is saved, evaluated and returned
         self.stream = ExampleStream(train_data, collate, config.batch_size, seed=config.seed,
                                     micro_batch_size=config.micro_batch_size, rank=self.dist.rank,
-                                    world_size=self.dist.world_size)
+                                    world_size=self.dist.world_size, lengths=lengths)
         self.objective, self.evaluator, self.save_model = objective, evaluator, save_model
         self.optimizer = build_optimizer(self.model, config)
         self.forward_model: nn.Module = self.model
