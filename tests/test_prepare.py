@@ -350,3 +350,26 @@ def test_cli_errors(tmp_path: Path, tok_dir: Path, capsys: pytest.CaptureFixture
                      str(tmp_path / "out"), "--quiet", "--workers", "1"])
     err = capsys.readouterr().err
     assert code == 2 and f"error: {tmp_path / 'bad.txt'}:2: not valid UTF-8" in err and err.count("\n") == 1
+
+
+def test_zip_archives_and_encoding_errors(tmp_path: Path, tok_dir: Path, tokenizer) -> None:
+    """A .zip input is read member by member (folders and README files skipped), like NLTK's corpus archives;
+    an invalid UTF-8 line stops prepare naming file and line, unless encoding_errors="replace"."""
+    import zipfile
+
+    docs = make_documents(6, seed=5)
+    with zipfile.ZipFile(tmp_path / "corpus.zip", "w") as archive:
+        archive.writestr("corpus/README", "Not part of the corpus.\n")
+        archive.writestr("corpus/a.txt", "\n\n".join(" ".join(d) for d in docs[:3]) + "\n")
+        archive.writestr("corpus/b.txt", "\n\n".join(" ".join(d) for d in docs[3:]) + "\n")
+    out = tmp_path / "zip-out"
+    prepare_corpus(tmp_path / "corpus.zip", out, tok_dir, validation_fraction=0.0, num_workers=1, progress=False)
+    assert_decodes_to(PreparedCorpus(out), tokenizer, [doc_text(d) for d in docs])
+
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("Caf\u00e9 au lait. It was good.\n\nSecond document here.\n".encode("latin-1"))
+    with pytest.raises(PlmkitError, match=r"latin1\.txt:1: not valid UTF-8"):
+        prepare_corpus(bad, tmp_path / "strict", tok_dir, validation_fraction=0.0, num_workers=1, progress=False)
+    prepare_corpus(bad, tmp_path / "replaced", tok_dir, validation_fraction=0.0, num_workers=1, progress=False,
+                   encoding_errors="replace")
+    assert PreparedCorpus(tmp_path / "replaced").num_documents("train") == 2

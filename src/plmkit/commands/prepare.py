@@ -18,6 +18,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--doc-boundary", choices=["blank_line", "line"], default="blank_line",
                         help="documents are blocks between blank lines, or single lines (default: blank_line)")
     parser.add_argument("--text-field", default="text", metavar="NAME", help="JSONL text field (default: text)")
+    parser.add_argument("--encoding-errors", choices=["strict", "replace"], default="strict",
+                        help="invalid UTF-8: stop with an error naming the line (strict, default) or read it with "
+                             "U+FFFD (replace)")
     parser.add_argument("--workers", type=int, default=None, metavar="N",
                         help="tokenizing processes (default: the CPU count)")
     parser.add_argument("--validation-fraction", type=float, default=0.01, metavar="F",
@@ -37,7 +40,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     """Prepare the corpus and print a one-line summary; returns the exit status."""
     summary = prepare_corpus(args.inputs, args.output, args.tokenizer, doc_boundary=args.doc_boundary,
-                             text_field=args.text_field, split_sentences=args.split_sentences,
+                             text_field=args.text_field, encoding_errors=args.encoding_errors,
+                             split_sentences=args.split_sentences,
                              num_workers=args.workers, shard_tokens=args.shard_tokens,
                              validation_fraction=args.validation_fraction, validation_docs=args.validation_docs,
                              seed=args.seed, progress=not args.quiet)

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import re
+import zipfile
 import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -102,60 +103,97 @@ def expand_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> li
     return list(dict.fromkeys(files))
 
 
+ENCODING_ERRORS = ("strict", "replace")
+
+
+def _members(path: Path) -> Iterator[tuple[str, str | None]]:
+    """(display name, archive member or None) for each text file `path` holds: itself, or for a .zip archive its
+    files in archive order, skipping folders, hidden files and README files (NLTK's corpus zips have one each)."""
+    if path.suffix != ".zip":
+        yield str(path), None
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [info.filename for info in archive.infolist() if not info.is_dir()]
+    except (OSError, zipfile.BadZipFile) as err:
+        raise PlmkitError(f"cannot read {path}: {err}") from err
+    for member in names:
+        base = member.rsplit("/", 1)[-1]
+        if base.startswith(".") or base.upper().startswith("README"):
+            continue
+        yield f"{path}!{member}", member
+
+
 class DocumentReader:
     """Streams the documents of a list of files; `bytes_read` says how far it is (on-disk bytes, for progress)."""
 
-    def __init__(self, files: Sequence[Path], *, doc_boundary: str = "blank_line", text_field: str = "text") -> None:
+    def __init__(self, files: Sequence[Path], *, doc_boundary: str = "blank_line", text_field: str = "text",
+                 encoding_errors: str = "strict") -> None:
         if doc_boundary not in DOC_BOUNDARIES:
             raise PlmkitError(f"unknown doc_boundary {doc_boundary!r}; choose from: {', '.join(DOC_BOUNDARIES)}")
+        if encoding_errors not in ENCODING_ERRORS:
+            raise PlmkitError(f"unknown encoding_errors {encoding_errors!r}; choose from: {', '.join(ENCODING_ERRORS)}")
         self.files, self.doc_boundary, self.text_field = list(files), doc_boundary, text_field
+        self.encoding_errors = encoding_errors
         self.bytes_read = 0
         self.total_bytes = sum(f.stat().st_size for f in self.files)
 
     def __iter__(self) -> Iterator[str]:
-        """Each document's text (never empty or blank), file after file."""
+        """Each document's text (never empty or blank), file after file (a .zip: member after member)."""
         self.bytes_read = 0
         done = 0
         for path in self.files:
-            if is_jsonl(path):
-                yield from self._jsonl_documents(path, done)
-            elif self.doc_boundary == "line":
-                for _, line in self._lines(path, done):
-                    if line.strip():
-                        yield line.strip()
-            else:
-                yield from self._block_documents(path, done)
+            for name, member in _members(path):
+                if is_jsonl(Path(member or path)):
+                    yield from self._jsonl_documents(name, path, member, done)
+                elif self.doc_boundary == "line":
+                    for _, line in self._lines(name, path, member, done):
+                        if line.strip():
+                            yield line.strip()
+                else:
+                    yield from self._block_documents(name, path, member, done)
             done += path.stat().st_size
             self.bytes_read = done
 
-    def _lines(self, path: Path, done: int) -> Iterator[tuple[int, str]]:
-        """(line number, line without its end) of a UTF-8 file, plain or gzip."""
+    def _lines(self, name: str, path: Path, member: str | None, done: int) -> Iterator[tuple[int, str]]:
+        """(line number, line without its end) of a UTF-8 file, plain, gzip or a zip archive's member. With
+        encoding_errors="replace" an invalid byte becomes U+FFFD (logged once per file) instead of an error."""
+        warned = False
         try:
             with open(path, "rb") as raw:
-                handle = gzip.GzipFile(fileobj=raw) if path.suffix == ".gz" else raw
+                archive = zipfile.ZipFile(raw) if member is not None else None
+                if archive is not None:
+                    handle = archive.open(member)
+                else:
+                    handle = gzip.GzipFile(fileobj=raw) if path.suffix == ".gz" else raw
                 for lineno, data in enumerate(handle, start=1):
                     try:
                         line = data.decode("utf-8")
                     except UnicodeDecodeError as err:
-                        raise PlmkitError(f"{path}:{lineno}: not valid UTF-8 ({err.reason} at byte {err.start})") \
-                            from err
-                    if lineno % 1024 == 0:
+                        if self.encoding_errors == "strict":
+                            raise PlmkitError(f"{name}:{lineno}: not valid UTF-8 ({err.reason} at byte {err.start}); "
+                                              "encoding_errors=replace reads it with U+FFFD") from err
+                        line = data.decode("utf-8", errors="replace")
+                        if not warned:
+                            logger.warning("%s:%d: not valid UTF-8; invalid bytes replaced by U+FFFD", name, lineno)
+                            warned = True
+                    if lineno % 1024 == 0 and archive is None:
                         self.bytes_read = done + raw.tell()
                     yield lineno, line.rstrip("\r\n")
-        except (OSError, EOFError, zlib.error) as err:
-            raise PlmkitError(f"cannot read {path}: {err}") from err
+        except (OSError, EOFError, zlib.error, zipfile.BadZipFile) as err:
+            raise PlmkitError(f"cannot read {name}: {err}") from err
 
-    def _block_documents(self, path: Path, done: int) -> Iterator[str]:
+    def _block_documents(self, name: str, path: Path, member: str | None, done: int) -> Iterator[str]:
         block: list[str] = []
         size = 0
-        for lineno, line in self._lines(path, done):
+        for lineno, line in self._lines(name, path, member, done):
             line = line.strip()
             if line:
                 block.append(line)
                 size += len(line) + 1
                 if size < MAX_DOCUMENT_CHARS:
                     continue
-                logger.warning("%s:%d: document over %d characters without a blank line; cut here", path, lineno,
+                logger.warning("%s:%d: document over %d characters without a blank line; cut here", name, lineno,
                                MAX_DOCUMENT_CHARS)
             if block:
                 yield " ".join(block)
@@ -163,9 +201,10 @@ class DocumentReader:
         if block:
             yield " ".join(block)
 
-    def _jsonl_documents(self, path: Path, done: int) -> Iterator[str]:
+    def _jsonl_documents(self, name: str, source: Path, member: str | None, done: int) -> Iterator[str]:
         field = self.text_field
-        for lineno, line in self._lines(path, done):
+        path = name  # error messages name the file, or the member of an archive
+        for lineno, line in self._lines(name, source, member, done):
             if not line.strip():
                 continue
             try:

@@ -283,6 +283,7 @@ def prepare_corpus(
     *,
     doc_boundary: str = "blank_line",
     text_field: str = "text",
+    encoding_errors: str = "strict",
     split_sentences: bool = True,
     num_workers: int | None = None,
     shard_tokens: int = DEFAULT_SHARD_TOKENS,
@@ -293,8 +294,10 @@ def prepare_corpus(
 ) -> PrepareSummary:
     """Tokenize text files into a prepared corpus folder (see `plmkit.data.shards` for the format).
 
-    inputs: files, folders, glob patterns; `.gz` and JSONL (`.jsonl[.gz]`, documents in `text_field`) included.
+    inputs: files, folders, glob patterns; `.gz`, `.zip` (each member a file) and JSONL (`.jsonl[.gz]`, documents
+    in `text_field`) included.
     doc_boundary: "blank_line" (blocks of lines) or "line" (one document a line); JSONL has one per record.
+    encoding_errors: "strict" (an invalid UTF-8 line is an error naming it) or "replace" (U+FFFD, with a warning).
     split_sentences: cut documents into sentences (needed for NSP); False keeps a document as one segment.
     validation_fraction: each document goes to validation with this probability (drawn from `seed`, in reading
     order); validation_docs: exactly this many documents instead, chosen uniformly (costs one extra reading pass).
@@ -318,7 +321,7 @@ def prepare_corpus(
     digest, hashed = tokenizer_hash(tok_dir)
     vocab_size = len(tokenizer)
     dtype = np.dtype(np.uint16 if vocab_size <= 65535 else np.uint32)
-    reader = DocumentReader(files, doc_boundary=doc_boundary, text_field=text_field)
+    reader = DocumentReader(files, doc_boundary=doc_boundary, text_field=text_field, encoding_errors=encoding_errors)
     rng = np.random.default_rng(seed)
     chosen: np.ndarray | None = None
     if validation_docs is not None:
@@ -369,7 +372,8 @@ def prepare_corpus(
                       "vocab_size": vocab_size, "special_ids": _special_ids(tokenizer),
                       "all_special_ids": tokenizer.all_special_ids},
         "settings": {"inputs": [str(i) for i in ([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)],
-                     "doc_boundary": doc_boundary, "text_field": text_field, "split_sentences": split_sentences,
+                     "doc_boundary": doc_boundary, "text_field": text_field, "encoding_errors": encoding_errors,
+                     "split_sentences": split_sentences,
                      "shard_tokens": shard_tokens, "validation_fraction": validation_fraction,
                      "validation_docs": validation_docs, "seed": seed},
         "input_files": len(files),

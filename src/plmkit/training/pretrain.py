@@ -8,7 +8,8 @@ A recipe (`configs/pretrain/*.yaml`) has five sections:
                train WordPiece on the training text first
     data       `inputs:` raw text (files, folders, globs, .gz, JSONL) prepared into <output_dir>/data, or
                `prepared:` a `plmkit prepare` directory; `max_seq_length`, `nsp`, `short_seq_prob`,
-               `mlm_probability`, `whole_word`, `doc_boundary`, `validation_fraction`, `workers`, `eval_batch_size`
+               `mlm_probability`, `whole_word`, `doc_boundary`, `encoding_errors`, `validation_fraction`, `workers`,
+               `eval_batch_size`
     train      `TrainConfig` (steps, minutes, batch, lr, schedule, checkpoints, evaluation)
     impl       `ImplConfig` (device, precision, compile, threads, progress bar, TensorBoard)
 
@@ -49,6 +50,7 @@ class DataConfig:
     prepared: str | None = None
     doc_boundary: str = "blank_line"
     text_field: str = "text"
+    encoding_errors: str = "strict"
     validation_fraction: float = 0.01
     workers: int | None = None
     max_seq_length: int = 128
@@ -145,7 +147,7 @@ def build_tokenizer(cfg: TokenizerConfig, data: DataConfig, output_dir: Path, ma
         from plmkit.data.tokenizer_train import train_wordpiece
 
         reader = DocumentReader(expand_inputs([expand_path(p) for p in data.inputs]), doc_boundary=data.doc_boundary,
-                                text_field=data.text_field)
+                                text_field=data.text_field, encoding_errors=data.encoding_errors)
         log.info("training a WordPiece tokenizer (vocab %d) on %s", cfg.vocab_size, ", ".join(data.inputs))
         tokenizer = train_wordpiece(None, cfg.vocab_size, texts=iter(reader), lowercase=cfg.lowercase,
                                     min_frequency=cfg.min_frequency)
@@ -165,6 +167,7 @@ def build_corpus(data: DataConfig, tokenizer_dir: Path, output_dir: Path, seed: 
 
         prepare_corpus([expand_path(p) for p in data.inputs], path, tokenizer_dir,
                                  doc_boundary=data.doc_boundary, text_field=data.text_field,
+                                 encoding_errors=data.encoding_errors,
                                  split_sentences=data.nsp, num_workers=data.workers,
                                  validation_fraction=data.validation_fraction, seed=seed, progress=progress)
     return path
