@@ -8,19 +8,22 @@ rotary layout ("rotate_half") is plmkit's, so its Q/K weights are copied as they
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from plmkit.config import _HF_ACT, _HF_IGNORED, _OURS_TO_HF_ACT, ModelConfig
+from plmkit.config import _HF_ACT, _HF_IGNORED, _OURS_TO_HF_ACT, ModelConfig, read_json
 from plmkit.errors import PlmkitError
 from plmkit.interop.checkpoint import read_hf_config_dict, read_state_dict, write_model_dir
 from plmkit.interop.hub import resolve_model_dir
 from plmkit.interop.keymap import Key, expand, export, gate_up_rows, load_into, qkv_rows, transpose
 
 log = logging.getLogger(__name__)
+
+CHAT_TEMPLATE = "chat_template.jinja"
 
 GPT2_KEYS: dict[str, Key | str] = {
     "decoder.embed.token.weight": "wte.weight",
@@ -253,5 +256,25 @@ def save_pretrained(model: Any, save_directory: str | Path, tokenizer: Any = Non
                     hf_format: str | None = None) -> Path:
     """Write `config.json` and `model.safetensors` (atomically) that `transformers` loads with nothing missing."""
     fmt = format_for(model.config, hf_format)
-    return write_model_dir(Path(save_directory), fmt.config_to_hf(model.config), convert_to_hf(model, fmt),
-                           tokenizer=tokenizer)
+    out = write_model_dir(Path(save_directory), fmt.config_to_hf(model.config), convert_to_hf(model, fmt),
+                          tokenizer=tokenizer)
+    template = getattr(tokenizer, "chat_template", None)
+    if template:  # where transformers 5 keeps it, and in tokenizer_config.json for older readers
+        (out / CHAT_TEMPLATE).write_text(template, encoding="utf-8")
+        config_path = out / "tokenizer_config.json"
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        config_path.write_text(json.dumps({**config, "chat_template": template}, indent=2, ensure_ascii=False) + "\n",
+                               encoding="utf-8")
+    return out
+
+
+def read_chat_template(model_dir: Path) -> str | None:
+    """A directory's chat template: chat_template.jinja, else tokenizer_config.json's `chat_template` (a string;
+    the older list of named templates gives its "default")."""
+    if (model_dir / CHAT_TEMPLATE).is_file():
+        return (model_dir / CHAT_TEMPLATE).read_text(encoding="utf-8")
+    config_path = model_dir / "tokenizer_config.json"
+    template = read_json(config_path).get("chat_template") if config_path.is_file() else None
+    if isinstance(template, list):
+        template = {t.get("name"): t.get("template") for t in template}.get("default")
+    return template

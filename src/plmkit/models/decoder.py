@@ -243,3 +243,22 @@ class CausalLM(nn.Module):
         from plmkit.interop.hf_decoder import save_pretrained
 
         return save_pretrained(self, save_directory, tokenizer=tokenizer, hf_format=hf_format)
+
+
+def load_causal_lm(name_or_path: str | Path) -> tuple[CausalLM, Any]:
+    """(model, tokenizer or None) from a `.gguf` file or a Hugging Face GPT-2/Llama directory (or hub id)."""
+    if str(name_or_path).endswith(".gguf"):
+        from plmkit.interop.gguf import load_gguf
+
+        return load_gguf(name_or_path)
+    from plmkit.data.tokenizer import load_tokenizer
+    from plmkit.interop.hf_decoder import read_chat_template
+    from plmkit.interop.hub import resolve_model_dir
+
+    model_dir = resolve_model_dir(name_or_path)
+    model = CausalLM.from_pretrained(model_dir)
+    tokenizer = None
+    if any((model_dir / f).is_file() for f in ("tokenizer.json", "vocab.json")):
+        tokenizer = load_tokenizer(model_dir)
+        tokenizer.chat_template = read_chat_template(model_dir)
+    return model, tokenizer
