@@ -22,8 +22,9 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
+# `make demo DATA=../shared/data` runs the same pipeline on real data (Gutenberg books, SST-2).
 demo: $(STAMP)
-	$(PY) -m plmkit demo
+	$(PY) -m plmkit demo $(if $(DATA),--data $(DATA))
 
 test: $(STAMP)
 	$(PY) -m pytest
