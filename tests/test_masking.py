@@ -148,3 +148,22 @@ def test_masked_only_needs_labels():
     model = tiny(plmkit.BertForMaskedLM)
     with pytest.raises(ValueError, match="needs labels"):
         model(torch.randint(5, 99, (1, 4)), masked_only=True)
+
+
+def test_cpu_dropout_matches_nn_dropout_in_distribution_and_gradient():
+    """plmkit's CPU dropout keeps each element with probability 1 - p, scales by 1 / (1 - p), and its gradient is
+    the same mask; seeded, it repeats exactly."""
+    from plmkit.layers.dropout import Dropout, dropout
+
+    x = torch.ones(400, 500, requires_grad=True)
+    torch.manual_seed(0)
+    y = dropout(x, 0.1)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.9) < 0.005
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1 / 0.9))
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, y.detach())
+    torch.manual_seed(0)
+    assert torch.equal(dropout(x.detach(), 0.1), y.detach())
+    layer = Dropout(0.3).eval()
+    assert layer(x) is x and dropout(x, 0.0) is x

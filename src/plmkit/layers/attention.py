@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from plmkit.layers.dropout import dropout
 from plmkit.layers.packing import Packing
 
 
@@ -43,13 +44,16 @@ class SelfAttention(nn.Module):
         q, k, v = qkv.view(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, D)
         dropout_p = self.dropout if self.training else 0.0
         weights = None
-        if return_weights:
-            # The explicit form, for attention views; SDPA computes the same thing without materialising it.
-            scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)  # (B, H, T, T)
+        if return_weights or (dropout_p > 0 and not q.is_cuda):
+            # The explicit form: for attention views, and for attention dropout on CPU, where SDPA would take this
+            # same math path but draw its mask with the slower bernoulli_ (see `layers.dropout`).
+            scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_dim))  # (B, H, T, T)
             if attn_mask is not None:
                 scores = scores.masked_fill(~attn_mask, torch.finfo(scores.dtype).min)
             weights = scores.softmax(dim=-1)
-            y = F.dropout(weights, p=dropout_p, training=self.training) @ v
+            y = dropout(weights, dropout_p) @ v
+            if not return_weights:
+                weights = None
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)  # (B, H, T, D)
         y = y.transpose(1, 2).reshape(B, T, C)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from plmkit.layers.dropout import Dropout
 from plmkit.layers.packing import Packing
 
 
@@ -16,7 +17,7 @@ class TransformerBlock(nn.Module):
                  dropout: float, norm_position: str = "post") -> None:
         super().__init__()
         self.attn, self.mlp, self.attn_norm, self.mlp_norm = attn, mlp, attn_norm, mlp_norm
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.pre_norm = norm_position == "pre"
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, return_weights: bool = False,

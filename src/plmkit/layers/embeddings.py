@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from plmkit.layers.dropout import Dropout
+
 
 class Embeddings(nn.Module):
     """Sum of token, position and (optionally) segment embeddings, as BERT.
@@ -19,7 +21,7 @@ class Embeddings(nn.Module):
         self.position = nn.Embedding(max_positions, hidden_size)
         self.segment = nn.Embedding(type_vocab_size, hidden_size) if type_vocab_size > 0 else None
         self.norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None) -> torch.Tensor:
