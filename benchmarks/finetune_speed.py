@@ -1,0 +1,152 @@
+"""Fine-tuning speed: plmkit's Trainer vs the `transformers` Trainer, SST-2, same checkpoint and settings.
+
+Both fine-tune the offline all-MiniLM-L6-v2 (BertForSequenceClassification, a fresh 2-way head) for one epoch on
+the same SST-2 training sentences (all 67,349 by default, or the first --max-train-examples), batch 32, AdamW
+lr 3e-5, weight decay 0.01, warm-up 10% then linear decay, max length 128, length-grouped batches, seed 0, fp32 on
+the CPU; then each is evaluated on the 872 dev sentences. Each runs in its own subprocess (so each one's peak
+memory is its own), one after the other in this one command; the table gives training wall-clock (the epoch
+only, not loading or evaluation), dev accuracy and peak resident memory, and the speed ratio
+transformers' time / plmkit's time (> 1: plmkit is faster). The bar: ≥ 1.5x at equal accuracy (± 0.5 points).
+
+    .venv/bin/python benchmarks/finetune_speed.py [--max-train-examples N] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SETTINGS = {"lr": 3e-5, "batch_size": 32, "weight_decay": 0.01, "warmup_ratio": 0.1, "max_length": 128, "seed": 0}
+
+
+def data_dir() -> Path:
+    root = Path(os.environ.get("PLMKIT_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+    return root / "glue" / "SST-2"
+
+
+def read_sst2(split: str, limit: int | None) -> tuple[list[str], list[int]]:
+    lines = (data_dir() / f"{split}.tsv").read_text(encoding="utf-8").splitlines()[1:]
+    rows = [line.rsplit("\t", 1) for line in lines if line.strip()]
+    rows = rows[:limit] if limit else rows
+    return [r[0] for r in rows], [int(r[1]) for r in rows]
+
+
+def run_plmkit(model_dir: Path, limit: int | None, out: Path) -> dict:
+    from plmkit.training.finetune import finetune
+
+    n = len(read_sst2("train", limit)[0])
+    steps = -(-n // SETTINGS["batch_size"])
+    recipe = {"task": {"name": "sst2"}, "model": str(model_dir),
+              "data": {"data_dir": str(data_dir()), "max_length": SETTINGS["max_length"], "epochs": 1,
+                       "max_train_examples": limit, "group_by_length": True},
+              "train": {"output_dir": str(out), "lr": SETTINGS["lr"], "batch_size": SETTINGS["batch_size"],
+                        "weight_decay": SETTINGS["weight_decay"], "warmup_ratio": SETTINGS["warmup_ratio"],
+                        "adam_eps": 1e-8, "clip_grad_norm": 1.0, "max_steps": steps, "log_every": 100,
+                        "eval_every": 0, "seed": SETTINGS["seed"]},
+              "impl": {"progress": False, "tensorboard": False}}
+    from plmkit.training.tracking import read_metrics
+
+    result = finetune(recipe)
+    # The last training record is written before the evaluation that follows the last step: the epoch alone.
+    train_s = read_metrics(out / "metrics.jsonl", "train")[-1]["elapsed_s"]
+    return {"train_s": train_s, "accuracy": result.metrics["accuracy"], "steps": steps}
+
+
+def run_transformers(model_dir: Path, limit: int | None, out: Path) -> dict:
+    import numpy as np
+    import torch
+    from transformers import (
+        AutoTokenizer,
+        BertForSequenceClassification,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+    )
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    texts, labels = read_sst2("train", limit)
+    dev_texts, dev_labels = read_sst2("dev", None)
+
+    class Rows(torch.utils.data.Dataset):
+        def __init__(self, texts, labels):
+            enc = tokenizer(texts, truncation=True, max_length=SETTINGS["max_length"])
+            self.rows = [{**{k: enc[k][i] for k in enc}, "labels": labels[i]} for i in range(len(texts))]
+
+        def __len__(self):
+            return len(self.rows)
+
+        def __getitem__(self, i):
+            return self.rows[i]
+
+    train, dev = Rows(texts, labels), Rows(dev_texts, dev_labels)
+    model = BertForSequenceClassification.from_pretrained(model_dir, num_labels=2)
+    args = TrainingArguments(output_dir=str(out), per_device_train_batch_size=SETTINGS["batch_size"],
+                             per_device_eval_batch_size=64, learning_rate=SETTINGS["lr"], num_train_epochs=1,
+                             weight_decay=SETTINGS["weight_decay"], warmup_ratio=SETTINGS["warmup_ratio"],
+                             lr_scheduler_type="linear", seed=SETTINGS["seed"], group_by_length=True,
+                             save_strategy="no", eval_strategy="no", report_to=[], logging_steps=100,
+                             disable_tqdm=True, use_cpu=True, dataloader_num_workers=0)
+    trainer = Trainer(model=model, args=args, train_dataset=train, data_collator=DataCollatorWithPadding(tokenizer))
+    t0 = time.perf_counter()
+    trainer.train()
+    train_s = time.perf_counter() - t0
+    logits = trainer.predict(dev).predictions
+    accuracy = float((np.argmax(logits, -1) == np.array(dev_labels)).mean())
+    return {"train_s": train_s, "accuracy": accuracy, "steps": trainer.state.global_step}
+
+
+def worker(which: str, limit: int | None, threads: int | None, out: Path) -> None:
+    import torch
+
+    from plmkit.interop.hub import offline_model_dir
+
+    if threads:
+        torch.set_num_threads(threads)
+    result = (run_plmkit if which == "plmkit" else run_transformers)(offline_model_dir(), limit, out)
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--max-train-examples", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--worker", choices=["plmkit", "transformers"], help=argparse.SUPPRESS)
+    parser.add_argument("--out", default="/tmp/plmkit-finetune-speed", help="scratch directory")
+    args = parser.parse_args()
+    if args.worker:
+        worker(args.worker, args.max_train_examples, args.threads, Path(args.out) / args.worker)
+        return
+    if not data_dir().is_dir():
+        sys.exit(f"SST-2 not found at {data_dir()} (set PLMKIT_DATA)")
+    results = {}
+    for which in ("plmkit", "transformers"):
+        cmd = [sys.executable, __file__, "--worker", which, "--out", args.out]
+        if args.max_train_examples:
+            cmd += ["--max-train-examples", str(args.max_train_examples)]
+        if args.threads:
+            cmd += ["--threads", str(args.threads)]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
+        if done.returncode or line is None:
+            sys.exit(f"{which} run failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+        results[which] = json.loads(line[len("RESULT "):])
+    n = args.max_train_examples or 67349
+    print(f"SST-2, {n} training sentences, 1 epoch, all-MiniLM-L6-v2, fp32 CPU")
+    print(f"{'trainer':<14} {'steps':>6} {'train s':>9} {'dev acc':>8} {'peak RSS MB':>12}")
+    for which, r in results.items():
+        print(f"{which:<14} {r['steps']:>6} {r['train_s']:>9.1f} {100 * r['accuracy']:>8.2f} {r['peak_rss_mb']:>12.0f}")
+    ratio = results["transformers"]["train_s"] / results["plmkit"]["train_s"]
+    gap = 100 * (results["plmkit"]["accuracy"] - results["transformers"]["accuracy"])
+    print(f"speed ratio transformers/plmkit: {ratio:.2f}x; "
+          f"accuracy difference plmkit - transformers: {gap:+.2f} points")
+
+
+if __name__ == "__main__":
+    main()
