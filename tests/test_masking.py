@@ -167,3 +167,17 @@ def test_cpu_dropout_matches_nn_dropout_in_distribution_and_gradient():
     assert torch.equal(dropout(x.detach(), 0.1), y.detach())
     layer = Dropout(0.3).eval()
     assert layer(x) is x and dropout(x, 0.0) is x
+
+
+def test_fused_cross_entropy_equals_torch():
+    from plmkit.heads.losses import cross_entropy
+
+    g = torch.Generator().manual_seed(0)
+    logits = (torch.randn(37, 1000, generator=g) * 3).requires_grad_()
+    target = torch.randint(0, 1000, (37,), generator=g)
+    ours = cross_entropy(logits, target)
+    (grad_ours,) = torch.autograd.grad(ours * 2.5, logits)
+    ref = torch.nn.functional.cross_entropy(logits, target)
+    (grad_ref,) = torch.autograd.grad(ref * 2.5, logits)
+    torch.testing.assert_close(ours, ref, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(grad_ours, grad_ref, atol=1e-7, rtol=1e-5)

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from plmkit.heads.losses import cross_entropy
 from plmkit.layers import get_activation
 
 IGNORE_INDEX = -100
@@ -50,6 +51,8 @@ class MaskedLMHead(nn.Module):
         h = self.norm(self.act(self.transform(hidden)))
         logits = F.linear(h, self.decoder_weight, self.bias)
         loss = None
-        if labels is not None:
+        if labels is not None and masked_only:
+            loss = cross_entropy(logits, labels)  # every row is a labelled position: the fused loss applies
+        elif labels is not None:
             loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX)
         return logits, loss
