@@ -31,48 +31,59 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
-    """mean CE(hidden @ weight.T, targets), with both gradients computed chunk by chunk in the forward pass."""
+    """mean CE(hidden @ weight.T, targets), with both gradients computed chunk by chunk in the forward pass.
+
+    Each chunk's logits are computed transposed, (V, n) = weight @ hidden_chunk.T, into one reused buffer: with a
+    small hidden size (K = C) that product runs about twice as fast on CPU as hidden @ weight.T into a fresh
+    (n, V) tensor, and the buffer's pages are touched once per call, not once per chunk.
+    """
 
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,  # noqa: ANN001
                 chunk_size: int) -> torch.Tensor:
+        N, V = hidden.shape[0], weight.shape[0]
         n_valid = (targets != IGNORE_INDEX).sum()
         grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
-        grad_weight = torch.zeros_like(weight) if ctx.needs_input_grad[1] else None
+        grad_weight = torch.empty_like(weight) if ctx.needs_input_grad[1] else None
         total = hidden.new_zeros((), dtype=torch.float32)
-        for start in range(0, hidden.shape[0], chunk_size):
+        buffer = hidden.new_empty(V * min(chunk_size, N))
+        for start in range(0, N, chunk_size):
             h, t = hidden[start:start + chunk_size], targets[start:start + chunk_size]
+            n = h.shape[0]
             valid = t != IGNORE_INDEX
             t = t.clamp(min=0)
-            rows = torch.arange(h.shape[0], device=h.device)
-            logits = (h @ weight.T).float()  # (n, V)
-            top = logits.amax(dim=-1, keepdim=True)
-            target_logit = logits[rows, t]
-            probs = logits.sub_(top).exp_()  # in place: this chunk is the only (n, V) buffer
-            norm = probs.sum(dim=-1, keepdim=True)
-            lse = norm.log().squeeze(1) + top.squeeze(1)
-            total += ((lse - target_logit) * valid).sum()
-            # d(mean CE)/d logits = (softmax - one_hot) / n_valid on valid rows, 0 on ignored ones.
-            scale = valid.float() / n_valid
-            probs.mul_(scale[:, None] / norm)
-            probs[rows, t] -= scale
-            probs = probs.to(h.dtype)
+            cols = torch.arange(n, device=h.device)
+            logits = torch.mm(weight, h.T.contiguous(), out=buffer[:V * n].view(V, n))  # (V, n)
+            top = logits.amax(dim=0)  # (n,)
+            target_logit = logits[t, cols]
+            probs = logits.sub_(top).exp_()  # in place: the buffer is the only (V, n) tensor
+            norm = probs.sum(dim=0)
+            total += ((norm.log() + top - target_logit) * valid).sum()  # logsumexp - target logit
+            # d(mean CE)/d logits = (softmax - one_hot) / n_valid on valid positions, 0 on ignored ones.
+            scale = valid.to(probs.dtype) / n_valid
+            probs.mul_(scale / norm)
+            probs[t, cols] -= scale
             if grad_hidden is not None:
-                torch.mm(probs, weight, out=grad_hidden[start:start + chunk_size])
+                torch.mm(probs.T, weight, out=grad_hidden[start:start + n])
             if grad_weight is not None:
-                grad_weight.addmm_(probs.T, h)
+                if start == 0:
+                    torch.mm(probs, h, out=grad_weight)
+                else:
+                    grad_weight.addmm_(probs, h)
         ctx.save_for_backward(grad_hidden, grad_weight)
         return total / n_valid
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):  # noqa: ANN205
         grad_hidden, grad_weight = ctx.saved_tensors
+        if bool(grad_output == 1):  # the usual case (loss.backward()): no pass over the (V, C) gradient
+            return grad_hidden, grad_weight, None, None
         return (grad_hidden * grad_output if grad_hidden is not None else None,
                 grad_weight * grad_output if grad_weight is not None else None, None, None)
 
 
 def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
-                               chunk_size: int = 1024) -> torch.Tensor:
+                               chunk_size: int = 512) -> torch.Tensor:
     """hidden (B, T, C), weight (V, C), labels (B, T) unshifted -> the same loss as `causal_lm_loss` on
     hidden @ weight.T, computed `chunk_size` positions at a time."""
     hidden = hidden.reshape(-1, hidden.shape[-1])
@@ -104,7 +115,7 @@ class LMHead(nn.Module):
         return self._tied[0].weight if self._tied is not None else self.proj.weight
 
     def forward(self, hidden: torch.Tensor, labels: torch.Tensor | None = None, return_logits: bool = True,
-                chunk_size: int = 1024) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+                chunk_size: int = 512) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Returns (logits or None, loss or None).
 
         `return_logits=False` (with labels) computes the loss with `fused_linear_cross_entropy` and no logits:

@@ -44,12 +44,12 @@ class CausalSelfAttention(nn.Module):
         cache: keys and values of earlier positions; this call's are appended to it.
         """
         B, T, _ = x.shape
-        q, k, v = self.qkv_proj(x).split(self.sizes, dim=-1)
-        q = q.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
-        k = k.view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, KV, T, D)
-        v = v.view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        H, KV = self.num_heads, self.num_kv_heads
+        qkv = self.qkv_proj(x).view(B, T, H + 2 * KV, self.head_dim).transpose(1, 2)  # (B, H + 2KV, T, D)
+        qk, v = qkv[:, :H + KV], qkv[:, H + KV:]
         if rope is not None:
-            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+            qk = apply_rotary(qk, *rope)  # Q and K heads in one go
+        q, k = qk.split([H, KV], dim=1)  # (B, H, T, D), (B, KV, T, D)
         if cache is not None:
             k, v = cache.update(self.layer_index, k, v)  # (B, KV, S, D)
         y = F.scaled_dot_product_attention(

@@ -12,7 +12,7 @@ from torch import nn
 
 
 class RotaryEmbedding(nn.Module):
-    """position_ids (B, T) -> (cos, sin), each (B, 1, T, D), broadcast over heads."""
+    """position_ids (B, T) -> (cos, signed sin), each (B, 1, T, D), broadcast over heads (see `apply_rotary`)."""
 
     def __init__(self, head_dim: int, theta: float = 10000.0) -> None:
         super().__init__()
@@ -25,15 +25,15 @@ class RotaryEmbedding(nn.Module):
         # Angles in fp32 whatever the model dtype: positions in the thousands lose their low bits in half precision.
         freqs = position_ids[:, :, None].float() * self.inv_freq.float()  # (B, T, D/2)
         emb = torch.cat((freqs, freqs), dim=-1)[:, None]  # (B, 1, T, D)
-        return emb.cos().to(dtype), emb.sin().to(dtype)
+        sin = emb.sin()
+        sin[..., : sin.shape[-1] // 2].neg_()  # the sign of rotate_half, folded in once per forward
+        return emb.cos().to(dtype), sin.to(dtype)
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    """(..., D): [x1, x2] -> [-x2, x1], the 90-degree rotation of each (i, i + D/2) pair."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """x (B, H, T, D) rotated by its positions' angles.
 
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x (B, H, T, D) rotated by its positions' angles."""
-    return x * cos + rotate_half(x) * sin
+    Hugging Face writes it x * cos + rotate_half(x) * sin, with rotate_half([x1, x2]) = [-x2, x1]; here it is
+    x * cos + roll(x, D/2) * signed_sin (sin with its first half negated): two ops fewer, the same values bit for
+    bit ((-a) * b == a * (-b) in IEEE arithmetic)."""
+    return x * cos + torch.roll(x, x.shape[-1] // 2, dims=-1) * signed_sin
