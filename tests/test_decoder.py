@@ -100,6 +100,7 @@ def test_plmkit_to_hf_round_trip(tmp_path, name):
                                    .logits[mask.bool()], atol=ATOL, rtol=1e-5)
     again = CausalLM.from_pretrained(tmp_path)  # and back into plmkit, bit for bit
     assert again.config == ours.config
+    assert isinstance(plmkit.from_pretrained(tmp_path), CausalLM)  # the package-level loader tells it from BERT
     for (key, a), (_, b) in zip(ours.state_dict().items(), again.state_dict().items(), strict=True):
         assert torch.equal(a, b), key
 

@@ -2,8 +2,15 @@
 
 from plmkit.layers.attention import SelfAttention
 from plmkit.layers.block import TransformerBlock
+from plmkit.layers.causal_attention import CausalSelfAttention
+from plmkit.layers.decoder_block import DecoderBlock
 from plmkit.layers.embeddings import Embeddings
-from plmkit.layers.feedforward import ACTIVATIONS, FeedForward, get_activation
+from plmkit.layers.feedforward import ACTIVATIONS, MLPS, FeedForward, GatedFeedForward, get_activation
+from plmkit.layers.kv_cache import KVCache
+from plmkit.layers.norms import NORMS, build_norm
 from plmkit.layers.packing import Packing
+from plmkit.layers.rotary import RotaryEmbedding, apply_rotary
 
-__all__ = ["ACTIVATIONS", "Embeddings", "FeedForward", "Packing", "SelfAttention", "TransformerBlock", "get_activation"]
+__all__ = ["ACTIVATIONS", "MLPS", "NORMS", "CausalSelfAttention", "DecoderBlock", "Embeddings", "FeedForward",
+           "GatedFeedForward", "KVCache", "Packing", "RotaryEmbedding", "SelfAttention", "TransformerBlock",
+           "apply_rotary", "build_norm", "get_activation"]

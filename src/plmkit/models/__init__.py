@@ -11,8 +11,9 @@ from plmkit.models.bert import (
                                 BertModel,
                                 BertPreTrainedModel,
 )
+from plmkit.models.decoder import CausalLM, DecoderModel, decoder_config
 from plmkit.models.encoder import Encoder
 
 __all__ = ["MODEL_CLASSES", "BertForMaskedLM", "BertForNextSentencePrediction", "BertForPreTraining",
            "BertForQuestionAnswering", "BertForSequenceClassification", "BertForTokenClassification", "BertModel",
-           "BertPreTrainedModel", "Encoder"]
+           "BertPreTrainedModel", "CausalLM", "DecoderModel", "Encoder", "decoder_config"]
