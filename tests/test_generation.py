@@ -239,3 +239,5 @@ def test_cli_score_and_generate(tmp_path, capsys, gpt2_tokenizer):
                  "--max-new-tokens", "3"]) == 0
     assert main(["score", "--model", str(tmp_path / "nope")]) == 2
     assert "nothing to score" in capsys.readouterr().err
+    assert main(["generate", "--model", str(tmp_path / "m"), "--prompt", "Hi", "--max-new-tokens", "200"]) == 2
+    assert "exceed the model's 128 positions" in capsys.readouterr().err

@@ -121,6 +121,10 @@ def generate(model: Any, input_ids: torch.Tensor | None = None, attention_mask: 
         raise PlmkitError(f"temperature must be > 0 when sampling, got {temperature}")
     eos_ids, pad = resolve_ids(model, tokenizer, eos_token_id, pad_token_id)
     input_ids, attention_mask = prepare_inputs(input_ids, attention_mask, prompts, tokenizer, pad, model.device)
+    limit = model.config.max_position_embeddings
+    if model.config.position_embedding == "learned" and input_ids.shape[1] + max_new_tokens > limit:
+        raise PlmkitError(f"{input_ids.shape[1]} prompt tokens + {max_new_tokens} new ones exceed the model's "
+                          f"{limit} positions; shorten the prompt or max_new_tokens")
     strings = [stop_strings] if isinstance(stop_strings, str) else list(stop_strings or [])
     stop = StopStrings(strings, tokenizer, input_ids.shape[1]) if strings else None
     if num_beams > 1:

@@ -81,12 +81,13 @@ LLAMA_CONFIG = {"vocab_size": "vocab_size", "hidden_size": "hidden_size", "inter
 # Keys whose only supported value is the one given (None: absent is fine too).
 GPT2_REQUIRED = {"scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
                  "reorder_and_upcast_attn": False, "add_cross_attention": False}
-LLAMA_REQUIRED = {"pretraining_tp": 1, "rope_scaling": None}
+LLAMA_REQUIRED = {"pretraining_tp": 1, "rope_scaling": None, "rope_interleaved": False}
 # Keys that change nothing in the network: sequence-summary heads, GPT-2's context size, generation settings.
 IGNORED = _HF_IGNORED | {"summary_type", "summary_use_proj", "summary_activation", "summary_proj_to_labels",
                          "summary_first_dropout", "n_ctx", "embd_pdrop", "n_inner", "activation_function",
                          "rope_parameters", "rope_theta", "attention_bias", "mlp_bias", "head_dim",
-                         "unk_token_id", "max_length", "transformers_version"}
+                         "unk_token_id", "max_length", "transformers_version", "is_llama_config",
+                         "transformers.js_config"}
 
 
 def _from_hf(d: dict[str, Any], names: dict[str, str], required: dict[str, Any], source: str) -> dict[str, Any]:
