@@ -70,12 +70,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
                     torch.mm(probs, h, out=grad_weight)
                 else:
                     grad_weight.addmm_(probs, h)
-        ctx.save_for_backward(grad_hidden, grad_weight)
+        # Kept on ctx, not saved for backward: backward hands them over and drops its reference, so autograd can
+        # adopt them as .grad instead of copying (V, C) floats.
+        ctx.grads = (grad_hidden, grad_weight)
         return total / n_valid
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):  # noqa: ANN205
-        grad_hidden, grad_weight = ctx.saved_tensors
+        grad_hidden, grad_weight = ctx.grads
+        del ctx.grads
         if bool(grad_output == 1):  # the usual case (loss.backward()): no pass over the (V, C) gradient
             return grad_hidden, grad_weight, None, None
         return (grad_hidden * grad_output if grad_hidden is not None else None,
