@@ -50,6 +50,11 @@ def prefix_id(tokenizer: Any) -> int | None:
     return None
 
 
+def _with_prefix(ids: list[int], prefix: int | None) -> list[int]:
+    """The prefix, then the ids; not twice when the tokenizer already adds it (a bos-adding tokenizer)."""
+    return ids if prefix is None or ids[:1] == [prefix] else [prefix, *ids]
+
+
 def _context_limit(model: Any) -> int | None:
     c = model.config
     return c.max_position_embeddings if c.position_embedding == "learned" else None
@@ -78,8 +83,7 @@ def score(model: Any, tokenizer: Any, texts: str | Sequence[str], *, add_prefix:
     limit = _context_limit(model)
     rows = []
     for text in texts:
-        ids = tokenizer.encode(text)
-        context = ([prefix] if prefix is not None else []) + ids
+        context = _with_prefix(tokenizer.encode(text), prefix)
         if limit is not None and len(context) > limit:
             raise PlmkitError(f"a text of {len(context)} tokens is longer than the model's context ({limit}); "
                               "use perplexity(), which slides a window over long text")
@@ -116,7 +120,7 @@ def perplexity(model: Any, tokenizer: Any, source: str | Path, *, max_length: in
         except UnicodeDecodeError as e:
             raise PlmkitError(f"{source}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
     prefix = prefix_id(tokenizer) if add_prefix else None
-    ids = ([prefix] if prefix is not None else []) + tokenizer.encode(source)
+    ids = _with_prefix(tokenizer.encode(source), prefix)
     if len(ids) < 2:
         raise PlmkitError("nothing to score: the text has fewer than two tokens (with its prefix)")
     max_length = max_length or min(model.config.max_position_embeddings, 1024)
