@@ -20,7 +20,7 @@ from plmkit.layers.feedforward import ACTIVATIONS, MLPS
 from plmkit.layers.norms import NORMS
 
 NORM_POSITIONS = ("post", "pre")
-POSITION_EMBEDDINGS = ("learned", "rotary")
+POSITION_EMBEDDINGS = ("learned", "rotary", "relative")
 PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
 
 
@@ -36,6 +36,15 @@ class ModelConfig:
     "rmsnorm", eps `layer_norm_eps`), `mlp` ("standard": W2 act(W1 x), or "gated": W2 (act(Wg x) * Wu x), SwiGLU
     with `activation="silu"`), `num_kv_heads` (grouped-query attention; None means `num_heads`), `bias` (biases in
     the attention and MLP projections and in LayerNorms) and `tie_word_embeddings`.
+
+    An encoder-decoder (`Seq2SeqLM`, T5 and BART) is `is_encoder_decoder=True`: `num_layers` encoder layers and
+    `num_decoder_layers` (None: as many) decoder layers with cross-attention, sharing one token embedding. T5 is
+    `position_embedding="relative"` (bucketed position bias, `relative_attention_num_buckets` buckets up to
+    `relative_attention_max_distance`) with `scale_attention=False` (no 1/sqrt(d), folded into its init) and
+    `scale_tied_output=True` (decoder output times hidden_size**-0.5 before a tied head); BART is learned positions
+    shifted by `position_offset=2`, `embedding_norm=True` (a LayerNorm after the embeddings), optionally
+    `scale_embedding` (tokens times sqrt(hidden_size)), and `logits_bias` (a bias on the output logits). The decoder
+    starts from `decoder_start_token_id`.
     """
 
     vocab_size: int = 30522
@@ -66,6 +75,17 @@ class ModelConfig:
     bias: bool = True
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None
+    is_encoder_decoder: bool = False
+    num_decoder_layers: int | None = None
+    decoder_start_token_id: int | None = None
+    relative_attention_num_buckets: int = 32
+    relative_attention_max_distance: int = 128
+    scale_attention: bool = True
+    scale_embedding: bool = False
+    scale_tied_output: bool = False
+    embedding_norm: bool = False
+    position_offset: int = 0
+    logits_bias: bool = False
     head_dim: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -74,6 +94,16 @@ class ModelConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise PlmkitError(f"config: {name} must be a positive integer, got {value!r}")
+        for name in ("relative_attention_num_buckets", "relative_attention_max_distance"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise PlmkitError(f"config: {name} must be a positive integer, got {value!r}")
+        if self.num_decoder_layers is not None and (not isinstance(self.num_decoder_layers, int)
+                                                    or isinstance(self.num_decoder_layers, bool)
+                                                    or self.num_decoder_layers <= 0):
+            raise PlmkitError(f"config: num_decoder_layers must be a positive integer, got {self.num_decoder_layers!r}")
+        if not isinstance(self.position_offset, int) or self.position_offset < 0:
+            raise PlmkitError(f"config: position_offset must be an integer >= 0, got {self.position_offset!r}")
         if self.type_vocab_size < 0:
             raise PlmkitError(f"config: type_vocab_size must be >= 0, got {self.type_vocab_size}")
         if self.hidden_size % self.num_heads != 0:
@@ -95,6 +125,8 @@ class ModelConfig:
                                   f"({self.num_heads}), got {self.num_kv_heads!r}")
         if not self.rope_theta > 0:
             raise PlmkitError(f"config: rope_theta must be > 0, got {self.rope_theta!r}")
+        if self.position_embedding == "relative" and not self.is_encoder_decoder:
+            raise PlmkitError("config: relative position bias (T5) is for encoder-decoders; set is_encoder_decoder")
         if self.position_embedding == "rotary" and self.head_dim % 2 != 0:
             raise PlmkitError(f"config: rotary positions need an even head_dim, got {self.head_dim}")
         if self.problem_type is not None and self.problem_type not in PROBLEM_TYPES:
@@ -138,6 +170,11 @@ class ModelConfig:
         d = self.to_dict()
         d.update(changes)
         return ModelConfig.from_dict(d)
+
+    @property
+    def decoder_layers(self) -> int:
+        """Layers of an encoder-decoder's decoder stack: `num_decoder_layers`, or `num_layers` when unset."""
+        return self.num_decoder_layers or self.num_layers
 
     @property
     def kv_heads(self) -> int:

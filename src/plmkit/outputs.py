@@ -97,3 +97,11 @@ class CausalLMOutput(ModelOutput):
     logits: torch.Tensor | None = None  # (B, T, V); (B, k, V) with logits_to_keep=k; None with return_logits=False
     cache: Any = None  # plmkit.layers.KVCache, to continue from with the next tokens
     hidden_states: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass
+class Seq2SeqLMOutput(ModelOutput):
+    loss: torch.Tensor | None = None  # mean cross-entropy over the labels that are not -100
+    logits: torch.Tensor | None = None  # (B, T, V) over the decoder positions; (B, k, V) with logits_to_keep=k
+    encoder_last_hidden_state: torch.Tensor | None = None  # (B, S, C), to pass back as encoder_outputs
+    cache: Any = None  # plmkit.models.encoder_decoder.Seq2SeqCache, to continue decoding from
