@@ -98,11 +98,18 @@ def test_cli_search_bad_corpus(tmp_path, capsys, minilm_dir):
     assert capsys.readouterr().err.strip() == f"error: {bad}:2: not valid UTF-8 (invalid start byte at byte 0)"
 
 
-def test_demo_runs_offline(capsys, minilm_dir):
-    assert main(["demo"]) == 0
+def test_demo_runs_offline(capsys, minilm_dir, tmp_path):
+    """Every stage of `plmkit demo` on a tiny time budget: tokenizer, pretraining + fill-mask, fine-tuning +
+    evaluation + prediction, semantic search, and the results table."""
+    assert main(["demo", "--pretrain-minutes", "0.05", "--finetune-minutes", "0.05", "--workdir", str(tmp_path),
+                 "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert "results: precision@3" in out
-    right = int(out.rsplit("= ", 2)[1].split("/")[0])
+    for stage in ("== 1. tokenizer", "== 2. pretraining", "== 3. fine-tuning", "== 4. sentence embeddings",
+                  "== results"):
+        assert stage in out
+    assert (tmp_path / "pretrain" / "model" / "model.safetensors").is_file()
+    assert (tmp_path / "finetune" / "model" / "config.json").is_file()
+    right = int(out.split("semantic search precision@3")[1].split("/")[0])
     assert right >= 18, out  # semantic search must mostly find the query's topic
 
 

@@ -195,3 +195,22 @@ def test_time_driven_schedule_reaches_the_end_of_decay(tmp_path):
     assert lrs[-1] < 0.25 * 1e-3  # decayed by the clock although only a few of the 1000 steps ran
     with pytest.raises(PlmkitError, match="max_minutes"):
         TrainConfig(schedule_by_time=True)
+
+
+def test_compiled_training_saves_plain_names(tmp_path, monkeypatch):
+    """With impl.compile the forward runs through torch.compile's wrapper, but checkpoints hold the raw model's
+    names (no `_orig_mod.`) and load into an uncompiled model. (The eager backend keeps the test fast; the wrapper
+    and its names are the same as inductor's.)"""
+    import functools
+
+    from safetensors import safe_open
+
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    trainer = make_trainer(str(tmp_path), max_steps=2, dropout=0.0, compile=True)
+    assert type(trainer.forward_model).__name__ == "OptimizedModule"
+    trainer.fit()
+    ckpt = list_checkpoints(tmp_path)[-1].path / "model.safetensors"
+    with safe_open(str(ckpt), framework="pt") as f:
+        keys = list(f.keys())
+    assert keys and not any("_orig_mod" in k for k in keys)
+    assert set(keys) == set(tiny_model().state_dict())

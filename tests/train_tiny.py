@@ -68,7 +68,7 @@ def tiny_model(dropout: float = 0.1, seed: int = 0) -> BertForPreTraining:
 
 
 def make_trainer(output_dir: str, dropout: float = 0.1, step_sleep: float = 0.0, evaluator=None,
-                 **train: object) -> Trainer:
+                 compile: bool = False, **train: object) -> Trainer:
     train = {"batch_size": 8, "max_steps": 8, "lr": 1e-3, "warmup_steps": 2, "log_every": 1, **train}
     config = TrainConfig(output_dir=output_dir, **train)
 
@@ -78,7 +78,7 @@ def make_trainer(output_dir: str, dropout: float = 0.1, step_sleep: float = 0.0,
 
     return Trainer(tiny_model(dropout), config, train_data=RandomPairs(), collate=slow_collate,
                    objective=PretrainingObjective(), evaluator=evaluator,
-                   impl=ImplConfig(progress=False, tensorboard=False, num_threads=1))
+                   impl=ImplConfig(progress=False, tensorboard=False, num_threads=1, compile=compile))
 
 
 if __name__ == "__main__":
