@@ -30,7 +30,7 @@ HF_MODELS = {
         decoder_start_token_id=0, attn_implementation="eager")),
     "t5-gated-3dec": lambda: transformers.T5ForConditionalGeneration(transformers.T5Config(
         **SIZES, d_kv=8, d_ff=37, num_layers=2, num_decoder_layers=3, feed_forward_proj="gated-gelu",
-        decoder_start_token_id=0, attn_implementation="sdpa")),
+        tie_word_embeddings=False, decoder_start_token_id=0, attn_implementation="sdpa")),  # T5 v1.1: no scaling
     "bart": lambda: transformers.BartForConditionalGeneration(transformers.BartConfig(
         vocab_size=99, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
         decoder_attention_heads=4, encoder_ffn_dim=37, decoder_ffn_dim=37, max_position_embeddings=64,
@@ -160,6 +160,29 @@ def test_generation_stops_at_eos_like_transformers():
         mine = ours.generate(inputs["input_ids"], inputs["attention_mask"], max_new_tokens=10, num_beams=num_beams)
         assert mine.tolist() == theirs.tolist()
         assert (mine == hf.config.eos_token_id).any()
+
+
+def test_bart_base_model_checkpoint_loads():
+    """facebook/bart-base is saved as BartModel: no `model.` prefix, no final_logits_bias, no lm_head."""
+    torch.manual_seed(0)
+    hf = randomize(HF_MODELS["bart"](), 0.4)
+    with torch.no_grad():
+        hf.final_logits_bias.zero_()
+    ours = Seq2SeqLM(seq2seq_config("bart", vocab_size=99, hidden_size=32, num_layers=2, num_heads=4,
+                                    intermediate_size=37, max_position_embeddings=64), init=False)
+    from plmkit.interop.hf_seq2seq import FORMATS, convert_from_hf
+
+    convert_from_hf(ours, hf.model.state_dict(), FORMATS["bart"])
+    inputs = batch(7)
+    with torch.no_grad():
+        torch.testing.assert_close(ours.eval()(**inputs).logits, hf(**inputs).logits, atol=ATOL, rtol=0)
+
+
+def test_untied_t5_cannot_be_saved_for_transformers(tmp_path):
+    model = Seq2SeqLM(seq2seq_config("t5", vocab_size=99, hidden_size=32, num_layers=1, num_heads=4,
+                                     intermediate_size=37, tie_word_embeddings=False))
+    with pytest.raises(PlmkitError, match="tie_word_embeddings=False"):
+        model.save_pretrained(tmp_path)
 
 
 def test_shift_tokens_right():

@@ -247,7 +247,9 @@ FORMATS = {
                         (r"(encoder|decoder)\.embed_tokens\.weight",
                          r"decoder\.block\.0\.layer\.1\.EncDecAttention\.relative_attention_bias\.weight"),
                         t5_config_from_hf, t5_config_to_hf,
+                        # transformers 5 always ties T5's output matrix (v1.1 is tied without output scaling).
                         dict(position_embedding="relative", norm="rmsnorm", norm_position="pre", bias=False,
+                             tie_word_embeddings=True,
                              scale_attention=False, scale_embedding=False, embedding_norm=False, logits_bias=False,
                              position_offset=0)),
     "bart": Seq2SeqFormat("bart", "BartForConditionalGeneration", "model.", BART_ENCODER_LAYER, BART_DECODER_LAYER,
