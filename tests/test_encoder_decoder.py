@@ -140,6 +140,42 @@ def test_generation_matches_transformers(pair, num_beams):
         assert uncached.tolist() == mine.tolist()
 
 
+def test_sampling_is_seeded_and_cache_independent(pair):
+    _, _, ours = pair
+    inputs = batch(8)
+
+    def sample(use_cache: bool) -> list[list[int]]:
+        g = torch.Generator().manual_seed(3)
+        return ours.generate(inputs["input_ids"], inputs["attention_mask"], max_new_tokens=6, do_sample=True,
+                             top_k=20, temperature=0.8, generator=g, use_cache=use_cache).tolist()
+
+    assert sample(True) == sample(False)
+
+
+class CharTokenizer:
+    """Just enough of a tokenizer: one id per letter."""
+
+    eos_token_id = pad_token_id = None
+
+    def encode(self, text: str) -> list[int]:
+        return [3 + ord(c) - ord("a") for c in text]
+
+
+def test_generation_from_text_prompts(pair):
+    _, _, ours = pair
+    tok = CharTokenizer()
+    texts = ["hello", "abc", "generation"]
+    rows = [tok.encode(t) for t in texts]
+    ids = torch.full((3, 10), ours.config.pad_token_id)
+    mask = torch.zeros(3, 10, dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, :len(row)], mask[i, :len(row)] = torch.tensor(row), 1
+    expected = ours.generate(ids, mask, max_new_tokens=5, num_beams=2)
+    assert ours.generate(prompts=texts, tokenizer=tok, max_new_tokens=5, num_beams=2).tolist() == expected.tolist()
+    with pytest.raises(PlmkitError, match="either input_ids or prompts"):
+        ours.generate(max_new_tokens=5)
+
+
 def test_generation_stops_at_eos_like_transformers():
     """A model whose eos is likely: rows finish at different steps and are padded, as transformers pads them."""
     torch.manual_seed(0)

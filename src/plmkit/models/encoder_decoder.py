@@ -9,6 +9,7 @@ embedding; the decoder's layers attend causally to themselves and to all of the 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,20 @@ def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_to
     shifted = labels.new_full(labels.shape, decoder_start_token_id)
     shifted[:, 1:] = labels[:, :-1]
     return shifted.masked_fill(shifted == IGNORE_INDEX, pad_token_id)
+
+
+def right_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id lists -> (input_ids, attention_mask), each (B, S), padded on the right (positions start at 0 in every
+    row, as the source of a learned-position encoder needs)."""
+    width = max(len(r) for r in rows)
+    if width == 0:
+        raise PlmkitError("cannot generate from an empty source")
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, :len(row)] = torch.tensor(list(row), dtype=torch.long)
+        mask[i, :len(row)] = 1
+    return ids, mask
 
 
 def padding_bias(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
@@ -273,20 +288,36 @@ class Seq2SeqLM(nn.Module):
         return shift_tokens_right(labels, c.pad_token_id, c.decoder_start_token_id)
 
     @torch.inference_mode()
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+    def generate(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None, *,
+                 prompts: str | Sequence[str] | None = None, tokenizer: Any = None,
                  decoder_input_ids: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
-        """Encode input_ids (B, S) once, then decode with `plmkit.generation.generate` (greedy, sampling or beam
-        search; its keyword arguments) -> (B, 1 + new) ids starting with decoder_start_token_id, as transformers."""
+        """Encode the source once, then decode with `plmkit.generation.generate` (greedy, sampling or beam search;
+        its keyword arguments: max_new_tokens, num_beams, do_sample, ...) -> (B, 1 + new) ids that start with
+        decoder_start_token_id, as `transformers` returns them.
+
+        The source is input_ids (B, S) with attention_mask (B, S), or `prompts` (texts) with `tokenizer`.
+        decoder_input_ids (B, T) continue given decoder prefixes instead (unpadded).
+        """
         from plmkit.generation import generate
 
+        if (input_ids is None) == (prompts is None):
+            raise PlmkitError("pass either input_ids or prompts (with tokenizer=...)")
+        if prompts is not None:
+            if tokenizer is None:
+                raise PlmkitError("prompts need the tokenizer: pass tokenizer=...")
+            rows = [tokenizer.encode(p) for p in ([prompts] if isinstance(prompts, str) else prompts)]
+            input_ids, attention_mask = right_pad(rows, self.config.pad_token_id or 0)
         if input_ids.dim() == 1:
             input_ids = input_ids[None]
+        input_ids = input_ids.to(self.device)
+        attention_mask = attention_mask.to(self.device) if attention_mask is not None else None
         memory = self.model.encode(input_ids, attention_mask).last_hidden_state
         if decoder_input_ids is None:
             if self.config.decoder_start_token_id is None:
                 raise PlmkitError("config: generation needs decoder_start_token_id")
             decoder_input_ids = input_ids.new_full((input_ids.shape[0], 1), self.config.decoder_start_token_id)
-        return generate(DecoderStep(self, memory, attention_mask), decoder_input_ids, **kwargs)
+        return generate(DecoderStep(self, memory, attention_mask), decoder_input_ids.to(self.device),
+                        tokenizer=tokenizer, **kwargs)
 
     @property
     def num_parameters(self) -> int:
