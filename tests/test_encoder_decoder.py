@@ -214,6 +214,18 @@ def test_bart_base_model_checkpoint_loads():
         torch.testing.assert_close(ours.eval()(**inputs).logits, hf(**inputs).logits, atol=ATOL, rtol=0)
 
 
+def test_unsupported_hf_configs_are_named(tmp_path):
+    from plmkit.interop.hf_seq2seq import bart_config_from_hf, t5_config_from_hf
+
+    with pytest.raises(PlmkitError, match="normalize_before"):
+        bart_config_from_hf({"model_type": "bart", "normalize_before": True})
+    with pytest.raises(PlmkitError, match="unknown key 'rope_theta'"):
+        bart_config_from_hf({"model_type": "bart", "rope_theta": 1.0})
+    with pytest.raises(PlmkitError, match="d_kv"):
+        t5_config_from_hf({"model_type": "t5", "d_model": 32, "num_heads": 4, "d_kv": 16})
+    assert bart_config_from_hf({"model_type": "bart", "extra_pos_embeddings": 2, "classif_dropout": 0.1}).logits_bias
+
+
 def test_untied_t5_cannot_be_saved_for_transformers(tmp_path):
     model = Seq2SeqLM(seq2seq_config("t5", vocab_size=99, hidden_size=32, num_layers=1, num_heads=4,
                                      intermediate_size=37, tie_word_embeddings=False))

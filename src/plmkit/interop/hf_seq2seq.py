@@ -162,12 +162,14 @@ BART_CONFIG = {"vocab_size": "vocab_size", "d_model": "hidden_size", "encoder_la
                "scale_embedding": "scale_embedding", "pad_token_id": "pad_token_id", "bos_token_id": "bos_token_id",
                "eos_token_id": "eos_token_id", "decoder_start_token_id": "decoder_start_token_id",
                "tie_word_embeddings": "tie_word_embeddings"}
+# Keys of older BART configs whose only supported value is BART's own (absent is fine too).
+BART_REQUIRED = {"add_bias_logits": False, "add_final_layer_norm": False, "normalize_before": False,
+                 "normalize_embedding": True, "static_position_embeddings": False, "extra_pos_embeddings": 2}
 BART_IGNORED = {"decoder_attention_heads", "decoder_ffn_dim", "activation_function", "activation_dropout",
                 "encoder_layerdrop", "decoder_layerdrop", "classifier_dropout", "is_encoder_decoder", "is_decoder",
-                "forced_eos_token_id", "forced_bos_token_id", "num_hidden_layers", "add_bias_logits",
-                "add_final_layer_norm", "normalize_before", "normalize_embedding", "static_position_embeddings",
-                "extra_pos_embeddings", "gradient_checkpointing", "max_length", "min_length", "num_beams",
-                "no_repeat_ngram_size", "early_stopping", "length_penalty"}
+                "forced_eos_token_id", "forced_bos_token_id", "num_hidden_layers", "classif_dropout",
+                "gradient_checkpointing", "max_length", "min_length", "num_beams", "no_repeat_ngram_size",
+                "early_stopping", "length_penalty"} | set(BART_REQUIRED)
 
 
 def bart_config_from_hf(d: dict[str, Any], source: str = "config.json") -> ModelConfig:
@@ -177,9 +179,9 @@ def bart_config_from_hf(d: dict[str, Any], source: str = "config.json") -> Model
     for theirs, ours_key in (("decoder_attention_heads", "num_heads"), ("decoder_ffn_dim", "intermediate_size")):
         if d.get(theirs) is not None and d[theirs] != ours.get(ours_key, d[theirs]):
             raise PlmkitError(f"{source}: {theirs}={d[theirs]} differs from the encoder's; plmkit has one {ours_key}")
-    for key in ("add_final_layer_norm", "normalize_before", "add_bias_logits"):
-        if d.get(key):
-            raise PlmkitError(f"{source}: {key}=True (mBART-style) is not supported")
+    for key, ok in BART_REQUIRED.items():
+        if d.get(key) is not None and d[key] != ok:
+            raise PlmkitError(f"{source}: {key}={d[key]!r} is not supported (plmkit supports BART's {ok!r})")
     act = d.get("activation_function", "gelu")
     if act not in _HF_ACT:
         raise PlmkitError(f"{source}: activation_function {act!r} is not supported")
