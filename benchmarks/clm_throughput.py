@@ -25,9 +25,9 @@ import platform
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
 
 import torch
+from timing import profile, step_fn  # noqa: E402  (benchmarks/ is the script directory)
 from torch import nn
 
 from plmkit.models.decoder import CausalLM
@@ -50,27 +50,6 @@ def adamw(model: nn.Module) -> torch.optim.AdamW:
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.01},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=1e-4, betas=(0.9, 0.999), eps=1e-8, fused=True)
-
-
-def step_fn(model: nn.Module, optimizer: torch.optim.Optimizer, **forward_kwargs) -> Callable[[dict], float]:
-    def step(batch: dict) -> float:
-        t0 = time.perf_counter()
-        loss = model(**batch, **forward_kwargs).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return time.perf_counter() - t0
-    return step
-
-
-def profile(step: Callable[[dict], float], batches: list[dict], rows: int) -> None:
-    from torch.profiler import ProfilerActivity
-    from torch.profiler import profile as torch_profile
-
-    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
-        for batch in batches:
-            step(batch)
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
 
 
 def main() -> None:

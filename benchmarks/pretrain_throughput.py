@@ -29,9 +29,9 @@ import platform
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
 
 import torch
+from timing import profile, step_fn  # noqa: E402  (benchmarks/ is the script directory)
 from torch import nn
 
 import plmkit
@@ -68,17 +68,6 @@ def adamw(model: nn.Module, fused: bool | None) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=1e-4, betas=(0.9, 0.999), eps=1e-6, fused=fused)
 
 
-def step_fn(model: nn.Module, optimizer: torch.optim.Optimizer, **forward_kwargs) -> Callable[[dict], float]:
-    def step(batch: dict) -> float:
-        t0 = time.perf_counter()
-        loss = model(**batch, **forward_kwargs).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return time.perf_counter() - t0
-    return step
-
-
 def matmul_flops(n: int = 2048, repeats: int = 5) -> float:
     a, b = torch.randn(n, n), torch.randn(n, n)
     a @ b
@@ -97,16 +86,6 @@ def model_flops(model: plmkit.BertForPreTraining, batch: int, seq: int) -> float
     n = model.num_parameters - embedding
     cfg = model.config
     return 6 * n * batch * seq + 12 * cfg.num_layers * batch * seq**2 * cfg.hidden_size
-
-
-def profile(step: Callable[[dict], float], batches: list[dict], rows: int) -> None:
-    from torch.profiler import ProfilerActivity
-    from torch.profiler import profile as torch_profile
-
-    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
-        for batch in batches:
-            step(batch)
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
 
 
 def main() -> None:
