@@ -6,6 +6,7 @@ import argparse
 import json
 
 from plmkit.training.config import apply_override
+from plmkit.training.finetune import default_max_length
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -37,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     tokenizer = load_tokenizer(model_dir)
     examples = task.read(args.data_dir, args.split)
     label2id = {label: i for i, label in enumerate(model.config.labels)}  # the model's labels, as trained
-    max_length = args.max_length or (384 if task.kind == "question-answering" else 128)
+    max_length = args.max_length or default_max_length(task)
     features = task.featurize(examples, tokenizer, label2id, max_length=max_length)
     metrics = evaluate(model, task, examples, features, batch_size=args.batch_size)
     print(json.dumps({"task": task.name, "split": args.split, "examples": len(examples),

@@ -54,11 +54,16 @@ class FinetuneResult:
     per_seed: list[dict[str, float]] = field(default_factory=list)
 
 
+def default_max_length(task: Any) -> int:
+    """384 tokens for question answering (question + a window of the context), 128 otherwise."""
+    return 384 if task.kind == "question-answering" else 128
+
+
 def _features(task: Any, examples: list, tokenizer: Any, label2id: dict | None, data: FinetuneData) -> list[dict]:
     options: dict[str, Any] = {}
     if data.doc_stride is not None:
         options["doc_stride"] = data.doc_stride
-    max_length = data.max_length or (384 if task.kind == "question-answering" else 128)
+    max_length = data.max_length or default_max_length(task)
     return task.featurize(examples, tokenizer, label2id, max_length=max_length, **options)
 
 

@@ -41,9 +41,6 @@ from plmkit.training.trainer import Trainer, TrainResult
 log = logging.getLogger(__name__)
 
 SECTIONS = ("model", "tokenizer", "data", "train", "impl")
-DEFAULT_DATA = "../shared/data"
-
-
 @dataclass
 class DataConfig:
     inputs: list[str] = field(default_factory=list)
@@ -79,10 +76,10 @@ class TokenizerConfig:
 
 def expand_path(value: str) -> str:
     """`$PLMKIT_DATA/...` → the data folder ($PLMKIT_DATA, default ../shared/data); other variables and ~ too."""
-    env = {**os.environ}
-    env.setdefault("PLMKIT_DATA", DEFAULT_DATA)
-    for key in ("PLMKIT_DATA",):
-        value = value.replace(f"${{{key}}}", env[key]).replace(f"${key}", env[key])
+    from plmkit.tasks.base import default_data_dir
+
+    root = str(default_data_dir())
+    value = value.replace("${PLMKIT_DATA}", root).replace("$PLMKIT_DATA", root)
     return os.path.expanduser(os.path.expandvars(value))
 
 
