@@ -1,4 +1,10 @@
-"""`plmkit pretrain --config RECIPE [--resume] [section.key=value ...]`: pretrain a BERT from a recipe.
+"""`plmkit pretrain --config RECIPE [--resume] [section.key=value ...]`: pretrain a language model from a recipe.
+
+The recipe's model decides the objective: a BERT encoder is pretrained with masked LM (+ next-sentence prediction),
+a decoder (`model.style: gpt2` or `llama`, i.e. `causal: true`) with causal LM on packed chunks of the text, an
+encoder-decoder (`model.style: t5` or `bart`, i.e. `is_encoder_decoder: true`) with T5 span corruption. Recipes:
+configs/pretrain/bert-mini.yaml, gpt-mini.yaml, t5-mini.yaml; the sections are described in
+`plmkit.training.pretrain`. The result, <train.output_dir>/model, is a Hugging Face model directory.
 
 Under `torchrun --nproc_per_node N -m plmkit pretrain ...` it trains data-parallel; see `plmkit.training.distributed`.
 """
@@ -11,9 +17,11 @@ from plmkit.training.pretrain import pretrain_from_file
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser("pretrain", help="pretrain a BERT (masked LM + next-sentence prediction)",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", metavar="YAML", help="recipe, e.g. configs/pretrain/bert-mini.yaml")
+    parser = subparsers.add_parser("pretrain", help="pretrain a BERT (masked LM), GPT/Llama (causal LM) or T5 (span "
+                                   "corruption)", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", metavar="YAML",
+                        help="recipe, e.g. configs/pretrain/bert-mini.yaml, gpt-mini.yaml or t5-mini.yaml")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in train.output_dir from its newest intact checkpoint")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value",
