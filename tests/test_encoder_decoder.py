@@ -165,9 +165,9 @@ def test_generation_from_text_prompts(pair):
     _, _, ours = pair
     tok = CharTokenizer()
     texts = ["hello", "abc", "generation"]
-    rows = [tok.encode(t) for t in texts]
-    ids = torch.full((3, 10), ours.config.pad_token_id)
-    mask = torch.zeros(3, 10, dtype=torch.long)
+    rows = [tok.encode(t) + [ours.config.eos_token_id] for t in texts]  # prompts become eos-terminated sources
+    ids = torch.full((3, 11), ours.config.pad_token_id)
+    mask = torch.zeros(3, 11, dtype=torch.long)
     for i, row in enumerate(rows):
         ids[i, :len(row)], mask[i, :len(row)] = torch.tensor(row), 1
     expected = ours.generate(ids, mask, max_new_tokens=5, num_beams=2)

@@ -84,29 +84,39 @@ def train_wordpiece(
 
 
 def train_bytelevel_bpe(
-    files: PathLike | Sequence[PathLike],
+    files: PathLike | Sequence[PathLike] | None,
     vocab_size: int,
     *,
+    texts: Iterable[str] | None = None,
     min_frequency: int = 2,
     special_tokens: Sequence[str] = BPE_SPECIALS,
+    roles: dict[str, str] | None = None,
     model_max_length: int = 1024,
     show_progress: bool = False,
 ) -> BPETokenizer:
     """Train a GPT-2 style byte-level BPE (all 256 byte symbols in the vocabulary) and return its tokenizer.
 
-    The first special token serves as bos, eos and unk, as "<|endoftext|>" does in GPT-2.
+    Special tokens get the first ids, in order. `roles` names them (`{"bos_token": "<s>", "pad_token": "<pad>",
+    ...}`); by default the first special token serves as bos, eos and unk, as "<|endoftext|>" does in GPT-2.
+    `texts` (instead of `files`) trains on any iterable of strings, e.g. both sides of a translation corpus.
     """
-    paths = _check_files(files)
+    paths, batches = _training_texts(files, texts)
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     _check_vocab_size(vocab_size, len(alphabet) + len(special_tokens))
+    if roles is not None:
+        unknown = sorted(set(roles.values()) - set(special_tokens))
+        if unknown:
+            raise PlmkitError(f"roles name token(s) {', '.join(unknown)} that are not among special_tokens")
     backend = Tokenizer(BPE(dropout=None, fuse_unk=False))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
                                   special_tokens=list(special_tokens), initial_alphabet=alphabet,
                                   show_progress=show_progress)
-    backend.train_from_iterator(iter_lines(paths), trainer=trainer)
-    logger.info("trained byte-level BPE: %d tokens from %d file(s)", backend.get_vocab_size(), len(paths))
-    first = special_tokens[0] if special_tokens else None
-    roles = {"bos_token": first, "eos_token": first, "unk_token": first}
-    return BPETokenizer(backend, special_tokens=roles, model_max_length=model_max_length)
+    backend.train_from_iterator(batches, trainer=trainer)
+    logger.info("trained byte-level BPE: %d tokens from %s", backend.get_vocab_size(),
+                f"{len(paths)} file(s)" if paths else "the given texts")
+    if roles is None:
+        first = special_tokens[0] if special_tokens else None
+        roles = {"bos_token": first, "eos_token": first, "unk_token": first}
+    return BPETokenizer(backend, special_tokens=dict(roles), model_max_length=model_max_length)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from plmkit.layers.dropout import Dropout
+
 
 class Seq2SeqBlock(nn.Module):
     """Composed from the modules it is given; `cross_attn=None` makes it an encoder layer."""
@@ -16,7 +18,7 @@ class Seq2SeqBlock(nn.Module):
         super().__init__()
         self.attn, self.attn_norm, self.mlp, self.mlp_norm = attn, attn_norm, mlp, mlp_norm
         self.cross_attn, self.cross_norm = cross_attn, cross_norm
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.dropout = Dropout(dropout) if dropout > 0 else nn.Identity()
         self.pre_norm = norm_position == "pre"
 
     def _branch(self, x: torch.Tensor, norm: nn.Module, f: object, *args: object) -> torch.Tensor:

@@ -21,6 +21,7 @@ from plmkit.config import ModelConfig
 from plmkit.errors import PlmkitError
 from plmkit.heads.lm import IGNORE_INDEX, LMHead
 from plmkit.layers.cross_attention import RelativePositionBias, Seq2SeqAttention
+from plmkit.layers.dropout import Dropout
 from plmkit.layers.feedforward import MLPS
 from plmkit.layers.kv_cache import KVCache
 from plmkit.layers.norms import build_norm
@@ -114,7 +115,7 @@ class Seq2SeqStack(nn.Module):
                                                    c.num_heads, bidirectional=not decoder)
                               if c.position_embedding == "relative" else None)
         self.embed_norm = build_norm(c.norm, c.hidden_size, c.layer_norm_eps, c.bias) if c.embedding_norm else None
-        self.dropout = nn.Dropout(c.hidden_dropout) if c.hidden_dropout > 0 else nn.Identity()
+        self.dropout = Dropout(c.hidden_dropout) if c.hidden_dropout > 0 else nn.Identity()
 
         def attention(cross: bool, index: int) -> Seq2SeqAttention:
             return Seq2SeqAttention(c.hidden_size, c.num_heads, c.attention_dropout, c.bias, c.scale_attention,
@@ -252,13 +253,16 @@ class Seq2SeqLM(nn.Module):
                 decoder_input_ids: torch.Tensor | None = None, decoder_attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, cache: Seq2SeqCache | None = None,
                 encoder_outputs: EncoderOutput | torch.Tensor | None = None, use_cache: bool = False,
-                logits_to_keep: int = 0) -> Seq2SeqLMOutput:
+                logits_to_keep: int = 0, return_logits: bool = True,
+                label_smoothing: float = 0.0) -> Seq2SeqLMOutput:
         """input_ids (B, S) with attention_mask (B, S), or `encoder_outputs` from `encode`; decoder_input_ids (B, T)
         (by default the labels shifted right) -> logits (B, T, V); loss, the mean cross-entropy over labels (B, T)
         that are not -100, when labels are given (not shifted: position t predicts labels[t]).
 
         With `cache` (or `use_cache=True`), decoder_input_ids are the new positions after the cached ones and
-        decoder_attention_mask, if given, covers cached and new positions.
+        decoder_attention_mask, if given, covers cached and new positions. `return_logits=False` with labels projects
+        only the labelled positions onto the vocabulary (the same loss, without the padding's logits; training).
+        `label_smoothing` mixes the uniform distribution into the targets, as `F.cross_entropy` does.
         """
         if encoder_outputs is None:
             if input_ids is None:
@@ -274,11 +278,15 @@ class Seq2SeqLM(nn.Module):
         hidden = self.model.decode(decoder_input_ids, memory, attention_mask, decoder_attention_mask, cache)
         if logits_to_keep and labels is None:
             hidden = hidden[:, -logits_to_keep:]
+        if labels is not None and not return_logits:
+            keep = labels != IGNORE_INDEX
+            loss = F.cross_entropy(self.logits(hidden[keep]).float(), labels[keep], label_smoothing=label_smoothing)
+            return Seq2SeqLMOutput(loss=loss, logits=None, encoder_last_hidden_state=memory, cache=cache)
         logits = self.logits(hidden)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
-                                   ignore_index=IGNORE_INDEX)
+                                   ignore_index=IGNORE_INDEX, label_smoothing=label_smoothing)
         return Seq2SeqLMOutput(loss=loss, logits=logits, encoder_last_hidden_state=memory, cache=cache)
 
     def shift_right(self, labels: torch.Tensor) -> torch.Tensor:
@@ -306,6 +314,9 @@ class Seq2SeqLM(nn.Module):
             if tokenizer is None:
                 raise PlmkitError("prompts need the tokenizer: pass tokenizer=...")
             rows = [tokenizer.encode(p) for p in ([prompts] if isinstance(prompts, str) else prompts)]
+            eos = self.config.eos_token_id
+            # Sources end in eos, as T5's and BART's tokenizers (and plmkit's text2text tasks) make them.
+            rows = [r if eos is None or (r and r[-1] == eos) else [*r, eos] for r in rows]
             input_ids, attention_mask = right_pad(rows, self.config.pad_token_id or 0)
         if input_ids.dim() == 1:
             input_ids = input_ids[None]

@@ -8,6 +8,7 @@ an error too: a task with no rows is never what was meant.
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,13 +20,15 @@ Row = dict[str, str]
 
 
 def iter_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(1-based line number, line without its newline) for every line of a UTF-8 text file."""
+    """(1-based line number, line without its newline) for every line of a UTF-8 text file (gzip-compressed when
+    its name ends in .gz)."""
     path = Path(path)
     if not path.is_file():
         raise PlmkitError(f"data file not found: {path}")
     seen = False
+    opener = gzip.open if path.suffix == ".gz" else open
     try:
-        with open(path, "rb") as handle:
+        with opener(path, "rb") as handle:
             for lineno, raw in enumerate(handle, start=1):
                 try:
                     line = raw.decode("utf-8")
@@ -36,7 +39,7 @@ def iter_lines(path: Path) -> Iterator[tuple[int, str]]:
                     line = line.removeprefix("\ufeff")
                 seen = seen or bool(line.strip())
                 yield lineno, line.rstrip("\r\n")
-    except OSError as err:
+    except (OSError, EOFError) as err:  # gzip: BadGzipFile is an OSError, a truncated file an EOFError
         raise PlmkitError(f"cannot read {path}: {err}") from err
     if not seen:
         raise PlmkitError(f"{path}: empty file")

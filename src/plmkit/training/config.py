@@ -54,6 +54,7 @@ class TrainConfig:
     keep_last: int = 2
     best_metric: str | None = None
     best_mode: str = "max"
+    label_smoothing: float = 0.0  # of the sequence-to-sequence loss (transformers' label_smoothing_factor)
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "max_steps"):
@@ -66,6 +67,8 @@ class TrainConfig:
                               f"choose from: {', '.join(SCHEDULES)}")
         if self.best_mode not in ("max", "min"):
             raise PlmkitError(f"train.best_mode must be 'max' or 'min', got {self.best_mode!r}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise PlmkitError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.keep_last < 1:
             raise PlmkitError(f"train.keep_last must be >= 1, got {self.keep_last}")
         if self.schedule_by_time and not self.max_minutes:

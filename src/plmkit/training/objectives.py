@@ -67,3 +67,17 @@ class CausalLMObjective:
 
     def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {"loss": model(**batch).loss}
+
+
+class Seq2SeqObjective:
+    """Teacher-forced cross-entropy of an encoder-decoder over the target tokens (labels not -100), optionally
+    label-smoothed; only the labelled positions are projected onto the vocabulary."""
+
+    def __init__(self, label_smoothing: float = 0.0) -> None:
+        self.label_smoothing = label_smoothing
+
+    def counts(self, batch: dict[str, torch.Tensor]) -> dict[str, int]:
+        return {"loss": int(batch["labels"].ne(IGNORE_INDEX).sum())}
+
+    def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"loss": model(**batch, return_logits=False, label_smoothing=self.label_smoothing).loss}
