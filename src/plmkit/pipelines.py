@@ -227,6 +227,55 @@ class SentenceSimilarityPipeline(FeatureExtractionPipeline):
         return (vectors[1:] @ vectors[0]).tolist()
 
 
+class Text2TextGenerationPipeline(Pipeline):
+    """str (or a list) -> {"generated_text"} from an encoder-decoder (T5, BART, or one trained with a plmkit
+    text2text task); generation options (`num_beams`, `max_new_tokens`, `length_penalty`, ...) as call options.
+    "translation" and "summarization" are the same pipeline with HF's output keys."""
+
+    task = "text2text-generation"
+    output_key = "generated_text"
+
+    @classmethod
+    def load(cls, name_or_path: str | Path, tokenizer: Any = None, device: Any = None,
+             **options: Any) -> Pipeline:
+        from plmkit.data.tokenizer import load_tokenizer
+        from plmkit.interop import resolve_model_dir
+        from plmkit.models.encoder_decoder import Seq2SeqLM
+
+        model_dir = resolve_model_dir(name_or_path)
+        if not is_seq2seq_dir(model_dir):
+            raise PlmkitError(f"{model_dir} holds no encoder-decoder (T5 or BART); {cls.task} needs one")
+        return cls(Seq2SeqLM.from_pretrained(model_dir), tokenizer or load_tokenizer(model_dir), device, **options)
+
+    def __call__(self, inputs: Any, **options: Any) -> Any:
+        from plmkit.tasks.text2text import Text2TextTask
+
+        items, single = _one_or_many(inputs, (str, dict))
+        options = self._options(options)
+        batch_size = options.pop("batch_size", 32)
+        task = Text2TextTask(self.task, format="jsonl", output_key=self.output_key)
+        results = task.predict(self.model, self.tokenizer, items, batch_size=batch_size, **options)
+        return results[0] if single else results
+
+
+class TranslationPipeline(Text2TextGenerationPipeline):
+    task = "translation"
+    output_key = "translation_text"
+
+
+class SummarizationPipeline(Text2TextGenerationPipeline):
+    task = "summarization"
+    output_key = "summary_text"
+
+
+def is_seq2seq_dir(model_dir: Path) -> bool:
+    """Whether a model directory holds an encoder-decoder (its config's model_type is t5 or bart)."""
+    from plmkit.interop.checkpoint import read_hf_config_dict
+
+    config = read_hf_config_dict(model_dir)
+    return config.get("model_type") in ("t5", "bart")
+
+
 PIPELINES: dict[str, type[Pipeline]] = {
     "text-classification": TextClassificationPipeline,
     "sentiment-analysis": TextClassificationPipeline,
@@ -236,6 +285,9 @@ PIPELINES: dict[str, type[Pipeline]] = {
     "fill-mask": FillMaskPipeline,
     "feature-extraction": FeatureExtractionPipeline,
     "sentence-similarity": SentenceSimilarityPipeline,
+    "text2text-generation": Text2TextGenerationPipeline,
+    "translation": TranslationPipeline,
+    "summarization": SummarizationPipeline,
 }
 
 

@@ -2,7 +2,8 @@
 
 The model's head picks the pipeline: sequence classification (each input a text, or JSON {"text", "text_pair"}),
 token classification (a text; entities with their words and spans), question answering (JSON {"question",
-"context"}), masked LM (a text with [MASK]: fill-mask). One JSON object per input line, in order.
+"context"}), masked LM (a text with [MASK]: fill-mask), encoder-decoder (a text, or JSON {"text"}: the generated
+text; `--num-beams`, `--max-new-tokens`). One JSON object per input line, in order.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--input", required=True, help="a text file (one input per line; JSON lines allowed) or -")
     parser.add_argument("--output", help="write JSONL here instead of stdout")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--num-beams", type=int, default=None, help="encoder-decoders: beam width (default greedy)")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="encoder-decoders: generated tokens at most")
     parser.set_defaults(func=run)
     return parser
 
@@ -95,13 +98,20 @@ def _predict(pipe: Any, task: str, inputs: list[Any]) -> list[Any]:
 def run(args: argparse.Namespace) -> int:
     from plmkit import pipeline
     from plmkit.interop import detect_architecture, resolve_model_dir
+    from plmkit.pipelines import is_seq2seq_dir
 
     model_dir = resolve_model_dir(args.model)
-    architecture = detect_architecture(model_dir)
-    task = PIPELINE_BY_ARCHITECTURE.get(architecture)
-    if task is None:
-        raise PlmkitError(f"{model_dir} holds a {architecture}, which has no prediction head; fine-tune it first")
-    pipe = pipeline(task, model=model_dir)
+    options: dict[str, Any] = {}
+    if is_seq2seq_dir(model_dir):
+        task = "text2text-generation"
+        options = {k: v for k, v in (("num_beams", args.num_beams), ("max_new_tokens", args.max_new_tokens))
+                   if v is not None}
+    else:
+        architecture = detect_architecture(model_dir)
+        task = PIPELINE_BY_ARCHITECTURE.get(architecture)
+        if task is None:
+            raise PlmkitError(f"{model_dir} holds a {architecture}, which has no prediction head; fine-tune it first")
+    pipe = pipeline(task, model=model_dir, **options)
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
     count = 0
 

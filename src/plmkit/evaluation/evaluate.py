@@ -38,7 +38,7 @@ def evaluate(model: Any, task: Any, examples: Sequence[Any], features: Sequence[
             for start in range(0, len(features), batch_size):
                 chunk = list(features[start:start + batch_size])
                 batch = {k: v.to(device) for k, v in task.collate(chunk, pad_token_id=pad_token_id).items()}
-                outputs = model(**batch)
+                outputs = task.forward(model, batch)
                 if outputs.loss is not None:
                     loss_sum += float(outputs.loss) * len(chunk)
                     loss_count += len(chunk)

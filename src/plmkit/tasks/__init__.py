@@ -20,6 +20,7 @@ from plmkit.errors import PlmkitError
 from plmkit.tasks.base import Task, default_data_dir
 from plmkit.tasks.classification import ClassificationTask, TextExample
 from plmkit.tasks.question_answering import Answer, QAExample, SquadTask
+from plmkit.tasks.text2text import Text2TextExample, Text2TextTask
 from plmkit.tasks.token_classification import CONLL2003_HUB_TAGS, TokenClassificationTask, TokenExample
 
 GLUE_HUB = "nyu-mll/glue"
@@ -33,10 +34,35 @@ def _glue(name: str, folder: str, **options: Any) -> Callable[..., Task]:
     return lambda **overrides: ClassificationTask(name, **{**options, **overrides})
 
 
+def _generic_files(suffix: str) -> dict[str, tuple[str, ...]]:
+    return {"train": (f"train.{suffix}",), "validation": (f"dev.{suffix}", f"validation.{suffix}", f"valid.{suffix}"),
+            "test": (f"test.{suffix}",)}
+
+
 def _generic(name: str, suffix: str, fmt: str, kind: type) -> Callable[..., Task]:
-    files = {"train": (f"train.{suffix}",), "validation": (f"dev.{suffix}", f"validation.{suffix}",
-                                                            f"valid.{suffix}"), "test": (f"test.{suffix}",)}
-    return lambda **options: kind(name, format=fmt, files=files, **options)
+    return lambda **options: kind(name, format=fmt, files=_generic_files(suffix), **options)
+
+
+def _ted(source: str, target: str) -> Callable[..., Task]:
+    columns = {"en": 0, "zh": 1}
+    files = {"train": ("parallel_corpus_en_zh.txt",), "validation": ("parallel_corpus_en_zh.txt",),
+             "test": ("news-commentary-v13-en-zh_sampled.txt",)}
+    return lambda **options: Text2TextTask(
+        f"ted-{source}-{target}", folder="translation_en_zh", format="tsv", header=False, files=files,
+        source_column=columns[source], target_column=columns[target], source_lang=source, target_lang=target,
+        holdout_every=20, holdout={"validation": 19}, output_key="translation_text", **options)
+
+
+def _multi30k(**options: Any) -> Task:
+    options = {"source_lang": "en", "target_lang": "de", "output_key": "translation_text", "max_new_tokens": 100,
+               **options}
+    src = options["source_lang"]
+    stems = {"train": "train", "validation": "val", "test": "test_2016_flickr"}
+    files = {split: (f"{stem}.{src}.gz", f"{stem}.{src}") for split, stem in stems.items()}
+    return Text2TextTask("multi30k", folder="multi30k", files=files, **options)
+
+
+_SUMMARY = {"metrics": ("rouge1", "rouge2", "rougeL"), "output_key": "summary_text", "max_new_tokens": 128}
 
 
 # name -> factory(**options). GLUE column layouts are those of the official GLUE TSV files.
@@ -73,6 +99,21 @@ TASKS: dict[str, Callable[..., Task]] = {
         "cluener", folder="chinese_ner_cluener", format="cluener",
         files={"train": ("train.json",), "validation": ("dev.json",), "test": ("test.json",)}, **options),
     "squad": lambda **options: SquadTask("squad", folder="squad_v1.1", hub=("rajpurkar/squad", None), **options),
+    # Sequence to sequence. Multi30k: aligned gzip files, one a language (source_lang/target_lang flip it).
+    "multi30k": lambda **options: _multi30k(**options),
+    # TED talks en-zh: one TSV "english<TAB>chinese"; every 20th pair is held out for validation; the News
+    # Commentary sample is the test set.
+    "ted-en-zh": _ted("en", "zh"),
+    "ted-zh-en": _ted("zh", "en"),
+    # BBC news: article -> extractive summary, one JSONL file; rows 8 and 9 of every 10 are validation and test.
+    "bbc-summarization": lambda **options: Text2TextTask(
+        "bbc-summarization", folder="summarization_bbc", format="jsonl", source_column="article",
+        target_column="summary", files=dict.fromkeys(("train", "validation", "test"), ("bbc_news_summary.jsonl",)),
+        holdout_every=10, holdout={"validation": 8, "test": 9}, **{**_SUMMARY, "max_new_tokens": 256, **options}),
+    "translation": lambda **options: Text2TextTask("translation", output_key="translation_text", **options),
+    "summarization": lambda **options: Text2TextTask(
+        "summarization", **{"format": "jsonl", **_SUMMARY, "source_column": "text", "target_column": "summary",
+                            **options}),
     # Any file: options name the columns (text_column=, text_pair_column=, label_column=, regression=True, ...).
     "csv": _generic("csv", "csv", "csv", ClassificationTask),
     "tsv": _generic("tsv", "tsv", "tsv", ClassificationTask),
@@ -96,5 +137,6 @@ def list_tasks() -> list[str]:
     return sorted(TASKS)
 
 
-__all__ = ["TASKS", "Answer", "ClassificationTask", "QAExample", "SquadTask", "Task", "TextExample",
-           "TokenClassificationTask", "TokenExample", "default_data_dir", "get_task", "list_tasks"]
+__all__ = ["TASKS", "Answer", "ClassificationTask", "QAExample", "SquadTask", "Task", "Text2TextExample",
+           "Text2TextTask", "TextExample", "TokenClassificationTask", "TokenExample", "default_data_dir", "get_task",
+           "list_tasks"]

@@ -210,6 +210,10 @@ class Task:
         config = self.model_config(read_config(model_dir), id2label)
         return self.model_class.from_pretrained(model_dir, config=config)
 
+    def forward(self, model: Any, batch: dict[str, torch.Tensor]) -> Any:
+        """What evaluation runs on a collated batch; its result goes to the scorer (generation tasks generate)."""
+        return model(**batch)
+
     def scorer(self, model: Any, examples: Sequence[Any]) -> Scorer:
         raise NotImplementedError
 

@@ -2,7 +2,9 @@
 (best checkpoint by the task's metric) → a model directory with the labels in its config.
 
 A recipe has the sections `task` (`name` + the task's options, e.g. SQuAD's `train_articles`), `model` (a model
-directory: plmkit or Hugging Face BERT), `data` (`FinetuneData`), `train` (`TrainConfig`; `epochs` here turns into
+directory: plmkit or Hugging Face; or, to train from scratch, `{config: {...}, tokenizer: {vocab_size: ...}}`: a
+tokenizer trained on the task's training texts and a fresh model of that config — sequence-to-sequence tasks),
+`data` (`FinetuneData`), `train` (`TrainConfig`; `epochs` here turns into
 `max_steps`) and `impl`. The command line builds the same mapping from flags:
 
     plmkit finetune --task sst2 --model DIR [--data-dir DIR] [--output DIR] [--seeds 1,2,3] train.lr=3e-5 ...
@@ -22,7 +24,7 @@ import torch
 
 from plmkit.errors import PlmkitError
 from plmkit.training.config import ImplConfig, TrainConfig, dataclass_from_dict
-from plmkit.training.objectives import SupervisedObjective
+from plmkit.training.objectives import Seq2SeqObjective, SupervisedObjective
 from plmkit.training.trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,7 @@ class FinetuneData:
     eval_split: str = "validation"
     max_length: int | None = None  # default: 384 for question answering, 128 otherwise
     doc_stride: int | None = None
+    max_target_length: int | None = None  # sequence to sequence: the target's (default: max_length)
     epochs: float = 3.0
     eval_batch_size: int = 64
     group_by_length: bool = True
@@ -55,14 +58,17 @@ class FinetuneResult:
 
 
 def default_max_length(task: Any) -> int:
-    """384 tokens for question answering (question + a window of the context), 128 otherwise."""
-    return 384 if task.kind == "question-answering" else 128
+    """384 tokens for question answering (question + a window of the context), 512 for a sequence-to-sequence source,
+    128 otherwise."""
+    return {"question-answering": 384, "text2text": 512}.get(task.kind, 128)
 
 
 def _features(task: Any, examples: list, tokenizer: Any, label2id: dict | None, data: FinetuneData) -> list[dict]:
     options: dict[str, Any] = {}
     if data.doc_stride is not None:
         options["doc_stride"] = data.doc_stride
+    if data.max_target_length is not None:
+        options["max_target_length"] = data.max_target_length
     max_length = data.max_length or default_max_length(task)
     return task.featurize(examples, tokenizer, label2id, max_length=max_length, **options)
 
@@ -84,9 +90,14 @@ def finetune(recipe: dict[str, Any], seeds: list[int] | None = None) -> Finetune
     task = get_task(task_section.pop("name"), **task_section)
     model_section = recipe.get("model")
     model_path = model_section.get("path") if isinstance(model_section, dict) else model_section
-    if not model_path:
-        raise PlmkitError("model: give the pretrained model directory (--model)")
-    model_dir = resolve_model_dir(model_path)
+    scratch = model_section if isinstance(model_section, dict) and not model_path else None
+    if not model_path and not (scratch and "config" in scratch):
+        raise PlmkitError("model: give the pretrained model directory (--model), or model.config (and "
+                          "model.tokenizer) to train from scratch")
+    if scratch and not hasattr(task, "scratch_config"):
+        raise PlmkitError(f"task {task.name!r}: training from scratch (model.config) is for sequence-to-sequence "
+                          "tasks; give a pretrained model directory (--model)")
+    model_dir = resolve_model_dir(model_path) if model_path else None
     data = dataclass_from_dict(FinetuneData, recipe.get("data"), "data")
     impl = dataclass_from_dict(ImplConfig, recipe.get("impl"), "impl")
     train_section = {**TRAIN_DEFAULTS, **(recipe.get("train") or {})}
@@ -94,10 +105,20 @@ def finetune(recipe: dict[str, Any], seeds: list[int] | None = None) -> Finetune
     if "best_metric" not in train_section:
         train_section["best_metric"] = task.main_metric
 
-    tokenizer = load_tokenizer(model_dir)
     train_examples = task.read(data.data_dir, data.train_split)
     if data.max_train_examples:
         train_examples = train_examples[:data.max_train_examples]
+    scratch_config = None
+    if scratch:
+        unknown = sorted(set(scratch) - {"config", "tokenizer"})
+        if unknown:
+            raise PlmkitError(f"model: unknown key(s) {', '.join(unknown)}; from scratch it takes config and tokenizer")
+        tokenizer = task.train_tokenizer(train_examples, **(scratch.get("tokenizer") or {}))
+        scratch_config = task.scratch_config(tokenizer, **scratch["config"])
+        log.info("from scratch: a %d-token tokenizer trained on the %d training examples", len(tokenizer),
+                 len(train_examples))
+    else:
+        tokenizer = load_tokenizer(model_dir)
     eval_examples = task.read(data.data_dir, data.eval_split)
     labels = task.label_list(train_examples)
     label2id = {label: i for i, label in enumerate(labels)} if labels else None
@@ -111,6 +132,10 @@ def finetune(recipe: dict[str, Any], seeds: list[int] | None = None) -> Finetune
     log.info("task %s: %d training features (%d examples), %d evaluation examples; %d steps", task.name,
              len(train_features), len(train_examples), len(eval_examples), train_section["max_steps"])
     label_key = "start_positions" if task.kind == "question-answering" else "labels"
+    label_smoothing = train_section.get("label_smoothing", 0.0)
+    if label_smoothing and task.kind != "text2text":
+        raise PlmkitError(f"train.label_smoothing is for sequence-to-sequence tasks, not {task.kind}")
+    objective = Seq2SeqObjective(label_smoothing) if task.kind == "text2text" else SupervisedObjective(label_key)
     lengths = [len(f["input_ids"]) for f in train_features] if data.group_by_length else None
     output_root = Path(train_section["output_dir"])
     seeds = seeds or [train_section.get("seed", 0)]
@@ -121,7 +146,7 @@ def finetune(recipe: dict[str, Any], seeds: list[int] | None = None) -> Finetune
         config = dataclass_from_dict(TrainConfig, {**train_section, "seed": seed, "output_dir": str(run_dir)},
                                      "train")
         torch.manual_seed(seed)
-        model = task.build_model(model_dir, labels)
+        model = task.build_model(scratch_config or model_dir, labels)
         pad_id = model.config.pad_token_id
 
         def evaluator(m: Any) -> dict[str, float]:
@@ -129,7 +154,7 @@ def finetune(recipe: dict[str, Any], seeds: list[int] | None = None) -> Finetune
 
         trainer = Trainer(model, config, train_data=train_features,
                           collate=lambda ex, seeds, pad_id=pad_id: task.collate(ex, pad_token_id=pad_id),
-                          objective=SupervisedObjective(label_key), evaluator=evaluator,
+                          objective=objective, evaluator=evaluator,
                           save_model=lambda m, d: m.save_pretrained(d, tokenizer=tokenizer), impl=impl,
                           lengths=lengths)
         trainer.fit()
