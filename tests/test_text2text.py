@@ -165,14 +165,14 @@ def test_translation_from_scratch_through_the_cli(tmp_path, capsys):
     write_parallel(data, "val", pairs[:40])
     out = tmp_path / "run"
     args = ["finetune", "--task", "translation", "--data-dir", str(data), "--output", str(out),
-            "task.source_lang=en", "task.target_lang=de", "task.max_new_tokens=24", "model.tokenizer.vocab_size=300",
-            "model.config.hidden_size=32", "model.config.num_heads=2", "model.config.intermediate_size=64",
+            "task.source_lang=en", "task.target_lang=de", "task.max_new_tokens=24", "model.tokenizer.vocab_size=400",
+            "model.config.hidden_size=64", "model.config.num_heads=2", "model.config.intermediate_size=128",
             "model.config.num_layers=1", "model.config.num_decoder_layers=1", "model.config.max_position_embeddings=64",
-            "train.lr=3e-3", "train.batch_size=20", "train.label_smoothing=0.1", "train.warmup_steps=10",
-            "data.epochs=8", "train.eval_every=60", "impl.progress=false", "impl.tensorboard=false"]
+            "train.lr=1e-3", "train.batch_size=20", "train.label_smoothing=0.1", "train.warmup_steps=10",
+            "data.epochs=40", "train.eval_every=200", "impl.progress=false", "impl.tensorboard=false"]
     assert main(args) == 0
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-2])
-    assert metrics["bleu"] > 20  # a word-for-word mapping is learnt in a few epochs
+    assert metrics["bleu"] > 50  # a word-for-word mapping (one token a word at this vocabulary) is learnt
     losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()
               if json.loads(line)["split"] == "train"]
     assert losses[-1] < losses[0] / 2
@@ -183,7 +183,7 @@ def test_translation_from_scratch_through_the_cli(tmp_path, capsys):
     assert main(["evaluate", "--task", "translation", "--model", str(model_dir), "--data-dir", str(data),
                  "task.source_lang=en", "task.target_lang=de", "task.num_beams=3"]) == 0
     beams = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert beams["examples"] == 40 and beams["bleu"] > 20
+    assert beams["examples"] == 40 and beams["bleu"] > 50
 
     inputs = tmp_path / "in.txt"
     inputs.write_text('red cat runs\n{"text": "green bird flies"}\n', encoding="utf-8")

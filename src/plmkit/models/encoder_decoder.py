@@ -225,7 +225,11 @@ class Seq2SeqLM(nn.Module):
             self.init_weights()
 
     def init_weights(self) -> None:
-        """N(0, initializer_range) for linear and embedding weights, zero biases, norms at identity."""
+        """N(0, initializer_range) for linear and embedding weights, zero biases, norms at identity (BART). A model
+        that does not scale its attention scores (T5) gets T5's initialisation instead (`_init_t5`)."""
+        if not self.config.scale_attention:
+            self._init_t5()
+            return
         std = self.config.initializer_range
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
@@ -236,6 +240,33 @@ class Seq2SeqLM(nn.Module):
                 nn.init.ones_(module.weight)
                 if getattr(module, "bias", None) is not None:
                     nn.init.zeros_(module.bias)
+        if self.logits_bias is not None:
+            nn.init.zeros_(self.logits_bias)
+
+    def _init_t5(self) -> None:
+        """Hugging Face's T5 initialisation (factor 1): embeddings N(0, 1), each projection N(0, fan_in^-0.5) with the
+        query's also scaled by head_dim^-0.5 (T5 folds attention scaling into it), the position bias N(0, C^-0.5).
+        With N(0, 0.02) everywhere an unscaled, output-rescaled T5 starts near uniform and learns slowly."""
+        C = self.config.hidden_size
+        head_dim = C // self.config.num_heads
+        nn.init.normal_(self.model.shared.weight, std=1.0)
+        if self.lm_head.proj is not None:
+            nn.init.normal_(self.lm_head.proj.weight, std=C ** -0.5)
+        for module in self.modules():
+            if isinstance(module, nn.Linear) and module is not self.lm_head.proj:
+                nn.init.normal_(module.weight, std=module.in_features ** -0.5)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, RelativePositionBias):
+                nn.init.normal_(module.embedding.weight, std=C ** -0.5)
+            elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
+                nn.init.ones_(module.weight)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+        with torch.no_grad():
+            for module in self.modules():
+                if isinstance(module, Seq2SeqAttention):  # the query's (C * d_kv)^-0.5 over all heads, as T5's q
+                    (module.q_proj.weight if module.cross else module.qkv_proj.weight[:C]).mul_(head_dim ** -0.5)
         if self.logits_bias is not None:
             nn.init.zeros_(self.logits_bias)
 

@@ -241,12 +241,17 @@ class Text2TextTask(Task):
     def forward(self, model: Any, batch: dict[str, torch.Tensor]) -> Text2TextOutput:
         """The teacher-forced loss (when the batch has labels) and the generated continuation of every source."""
         loss = model(**batch).loss if "labels" in batch else None
-        sequences = model.generate(batch["input_ids"], batch.get("attention_mask"), **self.generation_options())
+        sequences = model.generate(batch["input_ids"], batch.get("attention_mask"), **self.generation_options(model))
         return Text2TextOutput(loss, sequences)
 
-    def generation_options(self) -> dict[str, Any]:
-        return {"num_beams": self.num_beams, "max_new_tokens": self.max_new_tokens,
-                "length_penalty": self.length_penalty, "early_stopping": self.num_beams > 1}
+    def generation_options(self, model: Any) -> dict[str, Any]:
+        """How evaluation and prediction generate; at most as many new tokens as the decoder has learned positions
+        for (after the start token)."""
+        max_new = self.max_new_tokens
+        if model.config.position_embedding == "learned":
+            max_new = min(max_new, model.config.max_position_embeddings - 1)
+        return {"num_beams": self.num_beams, "max_new_tokens": max_new, "length_penalty": self.length_penalty,
+                "early_stopping": self.num_beams > 1}
 
     def scorer(self, model: Any, examples: Sequence[Text2TextExample]) -> Text2TextScorer:
         return Text2TextScorer(self, examples, self.tokenizer)
@@ -257,7 +262,7 @@ class Text2TextTask(Task):
         sources = [x if isinstance(x, str) else x.get("source", x.get("text")) for x in inputs]
         if any(s is None for s in sources):
             raise PlmkitError(f"task {self.name!r}: each input needs a 'source' (or 'text') field")
-        generation = {**self.generation_options(), **options}
+        generation = {**self.generation_options(model), **options}
         out = []
         for start in range(0, len(sources), batch_size):
             chunk = sources[start:start + batch_size]

@@ -59,14 +59,15 @@ class SupervisedObjective:
 
 
 class CausalLMObjective:
-    """Next-token prediction: counted per target token (every position after the first that is not -100)."""
+    """Next-token prediction: counted per target token (every position after the first that is not -100). The loss is
+    computed chunk by chunk (`return_logits=False`): the same value and gradients without the (B, T, V) logits."""
 
     def counts(self, batch: dict[str, torch.Tensor]) -> dict[str, int]:
         labels = batch["labels"][:, 1:]
         return {"loss": int(labels.ne(IGNORE_INDEX).sum())}
 
     def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {"loss": model(**batch).loss}
+        return {"loss": model(**batch, return_logits=False).loss}
 
 
 class Seq2SeqObjective:

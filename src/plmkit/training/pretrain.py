@@ -211,14 +211,6 @@ def loss_evaluator(dataset: Any, collate: Collate, objective: Objective, batch_s
     return evaluate
 
 
-class ChunkedCausalLMObjective(CausalLMObjective):
-    """`CausalLMObjective` computing its loss chunk by chunk (`return_logits=False`): the same value and gradients
-    without the (B, T, V) logits, most of a small decoder's memory at a 32k vocabulary."""
-
-    def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {"loss": model(**batch, return_logits=False).loss}
-
-
 def build_tokenizer(cfg: TokenizerConfig, data: DataConfig, output_dir: Path, main: bool,
                     objective: str = "masked_lm", model_max_length: int = 512) -> Path:
     """The tokenizer directory: the given one, or one trained on the training text for `objective` (once; reused on
@@ -328,7 +320,7 @@ def causal_lm_setup(config: ModelConfig, tokenizer: Any, corpus: Any, data: Data
     config = config.replace(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=eos,
                             pad_token_id=tokenizer.pad_token_id)
     datasets = {split: PackedDataset(corpus, split, data.max_seq_length, eos) for split in ("train", "validation")}
-    objective = ChunkedCausalLMObjective()
+    objective = CausalLMObjective()
     return Setup(config, CausalLM, datasets, CausalLMCollator(), objective, objective)
 
 
