@@ -268,3 +268,27 @@ def test_config_fields_validate_and_keep_defaults():
         seq2seq_config("pegasus")
     config = seq2seq_config("bart", num_decoder_layers=3)
     assert plmkit.ModelConfig.from_dict(config.to_dict()) == config
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_checkpoint_generation_config_is_applied_like_transformers(tmp_path, num_beams):
+    """BART checkpoints carry generation settings (forced BOS/EOS, no repeated n-grams, a minimum length): loaded
+    from the directory, plmkit generates what `transformers` generates with the same generation config."""
+    torch.manual_seed(0)
+    hf = randomize(HF_MODELS["bart"](), 0.4).eval()
+    hf.generation_config.update(forced_bos_token_id=0, forced_eos_token_id=2, no_repeat_ngram_size=2, min_length=6,
+                                num_beams=num_beams, early_stopping=num_beams > 1)
+    with torch.no_grad():
+        hf.final_logits_bias[0, hf.config.eos_token_id] = 3.0  # eos likely: min_length and forced EOS matter
+    hf.save_pretrained(tmp_path)
+    ours = plmkit.from_pretrained(tmp_path)
+    assert ours.generation_defaults["no_repeat_ngram_size"] == 2
+    inputs = batch(7)
+    with torch.no_grad():
+        theirs = hf.generate(inputs["input_ids"], attention_mask=inputs["attention_mask"], max_new_tokens=10)
+    mine = ours.generate(inputs["input_ids"], inputs["attention_mask"], max_new_tokens=10)
+    assert mine.tolist() == theirs.tolist()
+    assert (mine[:, 1] == 0).all()  # the forced BOS
+    for row in mine.tolist():  # no bigram twice
+        bigrams = [tuple(row[i:i + 2]) for i in range(len(row) - 1) if row[i + 1] != hf.config.pad_token_id]
+        assert len(bigrams) == len(set(bigrams))

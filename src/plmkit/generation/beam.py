@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from plmkit.generation.generate import StopStrings, positions_from_mask
+from plmkit.generation.logits import constrain
 from plmkit.generation.logits import repetition_penalty as apply_repetition_penalty
 
 NEG = -1.0e9  # "impossible", as transformers writes it (finite, so sums stay ordered)
@@ -30,7 +31,8 @@ def _take(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 def beam_search(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *, num_beams: int,
                 max_new_tokens: int, length_penalty: float = 1.0, early_stopping: bool | str = False,
                 repetition_penalty: float = 1.0, eos_ids: list[int] | tuple[int, ...] = (), pad: int | None = None,
-                stop: StopStrings | None = None, use_cache: bool = True) -> torch.Tensor:
+                stop: StopStrings | None = None, use_cache: bool = True,
+                constraints: dict | None = None) -> torch.Tensor:
     """input_ids (B, T), attention_mask (B, T) or None -> (B, T + n): the best hypothesis of each row, padded.
 
     `num_beams=1` is a valid (if slow) greedy search; with `early_stopping=True` it returns greedy's tokens.
@@ -74,6 +76,8 @@ def beam_search(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tenso
         log_probs = torch.log_softmax(logits, dim=-1)
         log_probs = apply_repetition_penalty(log_probs, flat, repetition_penalty,
                                              mask[:, :cur] if mask is not None else None)
+        if constraints:
+            log_probs = constrain(log_probs, flat, length=cur, max_length=max_length, **constraints)
         V = log_probs.shape[-1]
         log_probs = (log_probs.view(B, K, V) + running_scores[:, :, None]).view(B, K * V)
 

@@ -105,7 +105,9 @@ def generate(model: Any, input_ids: torch.Tensor | None = None, attention_mask: 
              num_beams: int = 1, length_penalty: float = 1.0, early_stopping: bool | str = False,
              repetition_penalty: float = 1.0, stop_strings: str | Sequence[str] | None = None,
              eos_token_id: int | Sequence[int] | None = None, pad_token_id: int | None = None,
-             use_cache: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
+             no_repeat_ngram_size: int = 0, min_length: int = 0, forced_bos_token_id: int | None = None,
+             forced_eos_token_id: int | None = None, use_cache: bool = True,
+             generator: torch.Generator | None = None) -> torch.Tensor:
     """Continue each prompt by up to `max_new_tokens` tokens -> (B, T + new) ids: the prompts (left-padded) and
     what follows them; rows that finish early (eos, a stop string) are filled with the pad id.
 
@@ -113,7 +115,10 @@ def generate(model: Any, input_ids: torch.Tensor | None = None, attention_mask: 
     Greedy by default; `do_sample` draws from softmax(scores / temperature) after top-k and top-p filtering, from
     `generator` (a seeded torch.Generator makes it repeatable); `num_beams > 1` is beam search, scored as
     `transformers` does (sum of log-probabilities / generated length ** length_penalty). `repetition_penalty` is
-    `transformers`' (CTRL's). `use_cache=False` recomputes every position at every step (same tokens, slower).
+    `transformers`' (CTRL's). `no_repeat_ngram_size`, `min_length` (of the whole sequence, prompt included),
+    `forced_bos_token_id` (the first generated token after a one-token prompt: BART's decoder start) and
+    `forced_eos_token_id` (the last token when the length limit is reached) are `transformers`' processors of the same
+    names. `use_cache=False` recomputes every position at every step (same tokens, slower).
     """
     if max_new_tokens < 0:
         raise PlmkitError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
@@ -125,6 +130,9 @@ def generate(model: Any, input_ids: torch.Tensor | None = None, attention_mask: 
     if model.config.position_embedding == "learned" and input_ids.shape[1] + max_new_tokens > limit:
         raise PlmkitError(f"{input_ids.shape[1]} prompt tokens + {max_new_tokens} new ones exceed the model's "
                           f"{limit} positions; shorten the prompt or max_new_tokens")
+    constraints = {"no_repeat_ngram_size": no_repeat_ngram_size, "min_len": min_length, "eos_ids": eos_ids,
+                   "forced_bos_token_id": forced_bos_token_id, "forced_eos_token_id": forced_eos_token_id}
+    constraints = constraints if any(v not in (0, None) for k, v in constraints.items() if k != "eos_ids") else None
     strings = [stop_strings] if isinstance(stop_strings, str) else list(stop_strings or [])
     stop = StopStrings(strings, tokenizer, input_ids.shape[1]) if strings else None
     if num_beams > 1:
@@ -135,16 +143,17 @@ def generate(model: Any, input_ids: torch.Tensor | None = None, attention_mask: 
         return beam_search(model, input_ids, attention_mask, num_beams=num_beams, max_new_tokens=max_new_tokens,
                            length_penalty=length_penalty, early_stopping=early_stopping,
                            repetition_penalty=repetition_penalty, eos_ids=eos_ids, pad=pad, stop=stop,
-                           use_cache=use_cache)
+                           use_cache=use_cache, constraints=constraints)
     return _decode(model, input_ids, attention_mask, max_new_tokens=max_new_tokens, do_sample=do_sample,
                    temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
-                   eos_ids=eos_ids, pad=pad, stop=stop, use_cache=use_cache, generator=generator)
+                   eos_ids=eos_ids, pad=pad, stop=stop, use_cache=use_cache, generator=generator,
+                   constraints=constraints)
 
 
 def _decode(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, *, max_new_tokens: int,
             do_sample: bool, temperature: float, top_k: int | None, top_p: float | None, repetition_penalty: float,
             eos_ids: list[int], pad: int | None, stop: StopStrings | None, use_cache: bool,
-            generator: torch.Generator | None) -> torch.Tensor:
+            generator: torch.Generator | None, constraints: dict | None = None) -> torch.Tensor:
     """Greedy or sampled decoding, one token per row per step."""
     B, T = input_ids.shape
     total = T + max_new_tokens
@@ -166,7 +175,8 @@ def _decode(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | 
                        position_ids=positions[:, start:length] if positions is not None else None, cache=cache,
                        logits_to_keep=1).logits[:, -1].float()  # (B, V)
         scores = process(logits, sequences[:, :length], mask[:, :length] if mask is not None else None,
-                         do_sample=do_sample, penalty=repetition_penalty, temp=temperature, k=top_k, p=top_p)
+                         do_sample=do_sample, penalty=repetition_penalty, temp=temperature, k=top_k, p=top_p,
+                         constraints=constraints and {**constraints, "length": length, "max_length": total})
         if do_sample:
             next_tokens = torch.multinomial(scores.softmax(dim=-1), 1, generator=generator).squeeze(1)
         else:

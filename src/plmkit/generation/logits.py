@@ -1,6 +1,7 @@
 """Logits processors: pure functions of (the tokens so far, the next-token scores), with Hugging Face's semantics.
 
-Order, as in `transformers`: repetition penalty, then (sampling only) temperature, top-k, top-p.
+Order, as in `transformers`: repetition penalty, no repeated n-grams, minimum length, forced first and last tokens,
+then (sampling only) temperature, top-k, top-p.
 """
 
 from __future__ import annotations
@@ -28,6 +29,50 @@ def repetition_penalty(scores: torch.Tensor, tokens: torch.Tensor, penalty: floa
     return scores[:, :-1] if mask is not None else scores
 
 
+def no_repeat_ngram(scores: torch.Tensor, tokens: torch.Tensor, n: int) -> torch.Tensor:
+    """`transformers`' NoRepeatNGramLogitsProcessor: a token that would complete an n-gram already in the row's
+    tokens (B, L) gets -inf."""
+    if not n or tokens.shape[1] + 1 < n:
+        return scores
+    scores = scores.clone()
+    for row, seq in enumerate(tokens.tolist()):
+        prefix = seq[len(seq) - n + 1:] if n > 1 else []
+        banned = {seq[i + n - 1] for i in range(len(seq) - n + 1) if seq[i:i + n - 1] == prefix}
+        if banned:
+            scores[row, list(banned)] = float("-inf")
+    return scores
+
+
+def min_length(scores: torch.Tensor, length: int, minimum: int, eos_ids: list[int]) -> torch.Tensor:
+    """No end of sequence while the sequence (prompt or decoder start included) is shorter than `minimum`."""
+    if length >= minimum or not eos_ids:
+        return scores
+    scores = scores.clone()
+    scores[:, eos_ids] = float("-inf")
+    return scores
+
+
+def force_token(scores: torch.Tensor, token: int) -> torch.Tensor:
+    """Every row's next token is `token` (`transformers`' forced BOS/EOS: all other scores -inf, that one 0)."""
+    forced = torch.full_like(scores, float("-inf"))
+    forced[:, token] = 0.0
+    return forced
+
+
+def constrain(scores: torch.Tensor, tokens: torch.Tensor, *, length: int, max_length: int,
+              no_repeat_ngram_size: int = 0, min_len: int = 0, eos_ids: list[int] = (),
+              forced_bos_token_id: int | None = None, forced_eos_token_id: int | None = None) -> torch.Tensor:
+    """The length and n-gram constraints, in `transformers`' order: scores (B, V) of the token after `length`
+    tokens (B, length), in a sequence of at most `max_length`."""
+    scores = no_repeat_ngram(scores, tokens, no_repeat_ngram_size)
+    scores = min_length(scores, length, min_len, list(eos_ids))
+    if forced_bos_token_id is not None and length == 1:
+        scores = force_token(scores, forced_bos_token_id)
+    if forced_eos_token_id is not None and length == max_length - 1:
+        scores = force_token(scores, forced_eos_token_id)
+    return scores
+
+
 def temperature(scores: torch.Tensor, value: float) -> torch.Tensor:
     return scores if value == 1.0 else scores / value
 
@@ -53,9 +98,13 @@ def top_p(scores: torch.Tensor, p: float | None, min_tokens: int = 1) -> torch.T
 
 
 def process(scores: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor | None, *, do_sample: bool,
-            penalty: float = 1.0, temp: float = 1.0, k: int | None = None, p: float | None = None) -> torch.Tensor:
-    """All of the above in `transformers`' order; temperature, top-k and top-p only when sampling."""
+            penalty: float = 1.0, temp: float = 1.0, k: int | None = None, p: float | None = None,
+            constraints: dict | None = None) -> torch.Tensor:
+    """All of the above in `transformers`' order; temperature, top-k and top-p only when sampling. `constraints`:
+    the keyword arguments of `constrain` (length, max_length, ...), or None."""
     scores = repetition_penalty(scores, tokens, penalty, mask)
+    if constraints:
+        scores = constrain(scores, tokens, **constraints)
     if do_sample:
         scores = top_p(top_k(temperature(scores, temp), k), p)
     return scores

@@ -309,8 +309,24 @@ def load_pretrained(name_or_path: str | Path, **config_overrides: Any) -> Any:
     model = Seq2SeqLM(config, init=False)
     state, source = read_state_dict(model_dir)
     convert_from_hf(model, state, fmt, source)
+    model.generation_defaults = read_generation_defaults(model_dir)
     model.eval()
     return model
+
+
+# Generation settings a checkpoint may carry (generation_config.json, or config.json in older checkpoints) that
+# `Seq2SeqLM.generate` uses as defaults, as `transformers` does through model.generation_config.
+GENERATION_KEYS = ("num_beams", "length_penalty", "early_stopping", "no_repeat_ngram_size", "min_length",
+                   "forced_bos_token_id", "forced_eos_token_id", "max_length")
+
+
+def read_generation_defaults(model_dir: Path) -> dict[str, Any]:
+    from plmkit.config import read_json
+    from plmkit.interop.checkpoint import read_hf_config_dict
+
+    path = Path(model_dir) / "generation_config.json"
+    d = read_json(path) if path.is_file() else read_hf_config_dict(Path(model_dir))
+    return {k: d[k] for k in GENERATION_KEYS if d.get(k) is not None}
 
 
 def save_pretrained(model: Any, save_directory: str | Path, tokenizer: Any = None) -> Path:

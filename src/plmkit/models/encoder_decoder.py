@@ -221,6 +221,8 @@ class Seq2SeqLM(nn.Module):
         self.logits_bias = nn.Parameter(torch.zeros(config.vocab_size)) if config.logits_bias else None
         self.output_scale = (config.hidden_size ** -0.5 if config.scale_tied_output and config.tie_word_embeddings
                              else 1.0)
+        # Defaults for `generate` from a checkpoint's generation config (num_beams, forced BOS, ...).
+        self.generation_defaults: dict[str, Any] = {}
         if init:
             self.init_weights()
 
@@ -335,9 +337,17 @@ class Seq2SeqLM(nn.Module):
         decoder_start_token_id, as `transformers` returns them.
 
         The source is input_ids (B, S) with attention_mask (B, S), or `prompts` (texts) with `tokenizer`.
-        decoder_input_ids (B, T) continue given decoder prefixes instead (unpadded).
+        decoder_input_ids (B, T) continue given decoder prefixes instead (unpadded). Settings not given come from
+        the checkpoint's generation config (`generation_defaults`: BART's forced BOS, no-repeat n-grams, beams, ...),
+        its `max_length` (decoder start included) standing for max_new_tokens.
         """
         from plmkit.generation import generate
+
+        defaults = dict(self.generation_defaults)
+        max_length = defaults.pop("max_length", None)
+        if max_length is not None and "max_new_tokens" not in kwargs:
+            kwargs["max_new_tokens"] = max_length - 1
+        kwargs = {**defaults, **kwargs}
 
         if (input_ids is None) == (prompts is None):
             raise PlmkitError("pass either input_ids or prompts (with tokenizer=...)")
