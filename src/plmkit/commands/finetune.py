@@ -1,8 +1,10 @@
 """`plmkit finetune --task sst2 --model DIR [--data-dir DIR] [--output DIR] [--seeds 1,2,3] [section.key=value ...]`.
 
-Fine-tunes the task's head on a pretrained plmkit or Hugging Face BERT directory, keeps the best checkpoint by the
-task's metric and writes it to <output>/model (with the labels in its config.json). Overrides use the recipe's
-sections: `train.lr=5e-5 train.batch_size=16 data.epochs=2 data.max_length=256 task.train_articles=38`.
+Fine-tunes the task's head on a pretrained plmkit or Hugging Face BERT directory (T5/BART for translation and
+summarization), keeps the best checkpoint by the task's metric and writes it to <output>/model (with the labels in
+its config.json). Overrides use the recipe's sections: `train.lr=5e-5 train.batch_size=16 data.epochs=2
+data.max_length=256 task.train_articles=38`. Sequence-to-sequence tasks can also start from scratch:
+`model.config.hidden_size=256 ... model.tokenizer.vocab_size=8000` (see configs/finetune/).
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from plmkit.training.finetune import SECTIONS, finetune
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("finetune", help="fine-tune a pretrained model on a task", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", help="task name (sst2, cola, mrpc, stsb, qnli, conll2003, squad, csv, ...)")
-    parser.add_argument("--model", help="pretrained model directory (plmkit or Hugging Face BERT)")
+    parser.add_argument("--task", help="task name (sst2, cola, mrpc, stsb, qnli, conll2003, squad, multi30k, "
+                        "bbc-summarization, csv, ...)")
+    parser.add_argument("--model", help="pretrained model directory (plmkit or Hugging Face BERT, T5, BART)")
     parser.add_argument("--data-dir", help="the task's files (default: $PLMKIT_DATA or ../shared/data, else "
                         "the Hugging Face hub)")
     parser.add_argument("--output", help="run directory (default: runs/<task>)")
