@@ -115,6 +115,8 @@ def finetune(recipe: dict[str, Any], seeds: list[int] | None = None) -> Finetune
             raise PlmkitError(f"model: unknown key(s) {', '.join(unknown)}; from scratch it takes config and tokenizer")
         tokenizer = task.train_tokenizer(train_examples, **(scratch.get("tokenizer") or {}))
         scratch_config = task.scratch_config(tokenizer, **scratch["config"])
+        if data.max_length is None and scratch_config.position_embedding == "learned":
+            data.max_length = min(default_max_length(task), scratch_config.max_position_embeddings)
         log.info("from scratch: a %d-token tokenizer trained on the %d training examples", len(tokenizer),
                  len(train_examples))
     else:
