@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from plmkit.errors import PlmkitError
 from plmkit.interop.hub import offline_model_dir
@@ -32,3 +33,13 @@ def minilm_dir() -> Path:
     if not (path / "vocab.txt").is_file():
         pytest.skip(f"all-MiniLM-L6-v2 files missing under {path}")
     return path
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from a second thread, and on a shared CPU two threads wait for each other.
+    Use with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

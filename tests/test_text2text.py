@@ -18,13 +18,7 @@ from plmkit.models.encoder_decoder import Seq2SeqLM, seq2seq_config
 from plmkit.tasks import get_task
 from plmkit.tasks.text2text import Text2TextExample, lead_sentences, text2text_metrics
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------------------------------------- readers, real data
