@@ -38,9 +38,7 @@ def run(args: argparse.Namespace) -> int:
     tokenizer = load_tokenizer(model_dir)
     examples = task.read(args.data_dir, args.split)
     label2id = {label: i for i, label in enumerate(model.config.labels)}  # the model's labels, as trained
-    max_length = args.max_length or default_max_length(task)
-    if model.config.position_embedding == "learned":  # no longer than the model has positions for
-        max_length = min(max_length, model.config.max_position_embeddings)
+    max_length = args.max_length or default_max_length(task, model.config)
     features = task.featurize(examples, tokenizer, label2id, max_length=max_length)
     metrics = evaluate(model, task, examples, features, batch_size=args.batch_size)
     print(json.dumps({"task": task.name, "split": args.split, "examples": len(examples),

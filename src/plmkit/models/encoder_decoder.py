@@ -54,6 +54,13 @@ def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_to
     return shifted.masked_fill(shifted == IGNORE_INDEX, pad_token_id)
 
 
+def eos_terminated(ids: Sequence[int], eos: int | None) -> list[int]:
+    """A source's ids ending in eos, as T5's and BART's tokenizers (and plmkit's text2text tasks) make them: eos is
+    appended unless the tokenizer already put it there."""
+    ids = list(ids)
+    return ids if eos is None or (ids and ids[-1] == eos) else [*ids, eos]
+
+
 def right_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Token id lists -> (input_ids, attention_mask), each (B, S), padded on the right (positions start at 0 in every
     row, as the source of a learned-position encoder needs)."""
@@ -354,10 +361,8 @@ class Seq2SeqLM(nn.Module):
         if prompts is not None:
             if tokenizer is None:
                 raise PlmkitError("prompts need the tokenizer: pass tokenizer=...")
-            rows = [tokenizer.encode(p) for p in ([prompts] if isinstance(prompts, str) else prompts)]
-            eos = self.config.eos_token_id
-            # Sources end in eos, as T5's and BART's tokenizers (and plmkit's text2text tasks) make them.
-            rows = [r if eos is None or (r and r[-1] == eos) else [*r, eos] for r in rows]
+            rows = [eos_terminated(tokenizer.encode(p), self.config.eos_token_id)
+                    for p in ([prompts] if isinstance(prompts, str) else prompts)]
             input_ids, attention_mask = right_pad(rows, self.config.pad_token_id or 0)
         if input_ids.dim() == 1:
             input_ids = input_ids[None]

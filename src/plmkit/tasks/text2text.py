@@ -23,7 +23,7 @@ import torch
 
 from plmkit.config import ModelConfig
 from plmkit.errors import PlmkitError
-from plmkit.models.encoder_decoder import Seq2SeqLM, seq2seq_config
+from plmkit.models.encoder_decoder import Seq2SeqLM, eos_terminated, seq2seq_config
 from plmkit.tasks.base import IGNORE_INDEX, Task
 from plmkit.tasks.readers import iter_lines, read_jsonl, read_tsv, record_value
 
@@ -342,9 +342,7 @@ def _encode(tokenizer: Any, texts: list[str], eos: int, max_length: int) -> list
         return []
     rows = []
     for ids in tokenizer(texts)["input_ids"]:
-        ids = list(ids)
-        if not ids or ids[-1] != eos:
-            ids.append(eos)
+        ids = eos_terminated(ids, eos)
         if len(ids) > max_length:
             ids = ids[:max_length - 1] + [eos]
         rows.append(ids)

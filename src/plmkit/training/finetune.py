@@ -57,19 +57,23 @@ class FinetuneResult:
     per_seed: list[dict[str, float]] = field(default_factory=list)
 
 
-def default_max_length(task: Any) -> int:
+def default_max_length(task: Any, config: Any = None) -> int:
     """384 tokens for question answering (question + a window of the context), 512 for a sequence-to-sequence source,
-    128 otherwise."""
-    return {"question-answering": 384, "text2text": 512}.get(task.kind, 128)
+    128 otherwise; never more than the model (`config`, when known) has learned positions for."""
+    length = {"question-answering": 384, "text2text": 512}.get(task.kind, 128)
+    if config is not None and config.position_embedding == "learned":
+        length = min(length, config.max_position_embeddings)
+    return length
 
 
-def _features(task: Any, examples: list, tokenizer: Any, label2id: dict | None, data: FinetuneData) -> list[dict]:
+def _features(task: Any, examples: list, tokenizer: Any, label2id: dict | None, data: FinetuneData,
+              config: Any = None) -> list[dict]:
     options: dict[str, Any] = {}
     if data.doc_stride is not None:
         options["doc_stride"] = data.doc_stride
     if data.max_target_length is not None:
         options["max_target_length"] = data.max_target_length
-    max_length = data.max_length or default_max_length(task)
+    max_length = data.max_length or default_max_length(task, config)
     return task.featurize(examples, tokenizer, label2id, max_length=max_length, **options)
 
 
@@ -115,8 +119,6 @@ def finetune(recipe: dict[str, Any], seeds: list[int] | None = None) -> Finetune
             raise PlmkitError(f"model: unknown key(s) {', '.join(unknown)}; from scratch it takes config and tokenizer")
         tokenizer = task.train_tokenizer(train_examples, **(scratch.get("tokenizer") or {}))
         scratch_config = task.scratch_config(tokenizer, **scratch["config"])
-        if data.max_length is None and scratch_config.position_embedding == "learned":
-            data.max_length = min(default_max_length(task), scratch_config.max_position_embeddings)
         log.info("from scratch: a %d-token tokenizer trained on the %d training examples", len(tokenizer),
                  len(train_examples))
     else:
@@ -124,8 +126,8 @@ def finetune(recipe: dict[str, Any], seeds: list[int] | None = None) -> Finetune
     eval_examples = task.read(data.data_dir, data.eval_split)
     labels = task.label_list(train_examples)
     label2id = {label: i for i, label in enumerate(labels)} if labels else None
-    train_features = _features(task, train_examples, tokenizer, label2id, data)
-    eval_features = _features(task, eval_examples, tokenizer, label2id, data)
+    train_features = _features(task, train_examples, tokenizer, label2id, data, scratch_config)
+    eval_features = _features(task, eval_examples, tokenizer, label2id, data, scratch_config)
     if not train_features:
         raise PlmkitError(f"task {task.name!r}: the {data.train_split} split has no examples")
     steps_per_epoch = math.ceil(len(train_features) / train_section["batch_size"])
