@@ -193,3 +193,28 @@ def test_training_mode_gradients_match(tmp_path):
     torch.testing.assert_close(grad_q, theirs.query.weight.grad, atol=ATOL, rtol=1e-4)
     torch.testing.assert_close(ours.encoder.embed.token.weight.grad, hf.bert.embeddings.word_embeddings.weight.grad,
                                atol=ATOL, rtol=1e-4)
+
+
+@pytest.mark.parametrize("masked_only", [False, True])
+def test_pretraining_gradients_match_with_the_sparse_tied_lookup(tmp_path, masked_only):
+    """With MLM labels the tied token lookup's gradient is sparse and autograd adds it into the head's dense one:
+    the embedding's .grad is dense and equals transformers'. A batch with no labelled position (NSP alone) keeps
+    the dense lookup, so the weight still gets a dense gradient; the embedding module is left as it was."""
+    cfg = {**CONFIGS["tiny"], "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    hf = hf_model("BertForPreTraining", cfg, 2, None)
+    hf.save_pretrained(tmp_path)
+    ours = plmkit.BertForPreTraining.from_pretrained(tmp_path)
+    hf.train(), ours.train()
+    inputs = make_inputs(cfg)
+    labels = torch.full_like(inputs["input_ids"], -100)
+    labels[0, 1], labels[1, 2], labels[2, 5] = 7, 11, 13
+    nsp = torch.tensor([0, 1, 0])
+    hf(**inputs, labels=labels, next_sentence_label=nsp).loss.backward()
+    ours(**inputs, labels=labels, next_sentence_label=nsp, masked_only=masked_only).loss.backward()
+    grad = ours.encoder.embed.token.weight.grad
+    assert not grad.is_sparse and ours.encoder.embed.token.sparse is False
+    torch.testing.assert_close(grad, hf.bert.embeddings.word_embeddings.weight.grad, atol=ATOL, rtol=1e-4)
+    ours.zero_grad(set_to_none=True)
+    out = ours(**inputs, labels=torch.full_like(labels, -100), next_sentence_label=nsp)
+    out.nsp_loss.backward()
+    assert not ours.encoder.embed.token.weight.grad.is_sparse

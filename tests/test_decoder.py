@@ -129,6 +129,8 @@ def test_training_gradients_match_hf(tmp_path):
     torch.testing.assert_close(grad_k, theirs.self_attn.k_proj.weight.grad, atol=ATOL, rtol=1e-4)
     torch.testing.assert_close(ours.decoder.layers[0].mlp.in_proj.weight.grad[48:], theirs.mlp.up_proj.weight.grad,
                                atol=ATOL, rtol=1e-4)
+    # The tied lookup's gradient is sparse while the head is in the loss; the accumulated .grad is dense.
+    assert not ours.decoder.embed.token.weight.grad.is_sparse and ours.decoder.embed.token.sparse is False
     torch.testing.assert_close(ours.decoder.embed.token.weight.grad, hf.model.embed_tokens.weight.grad, atol=ATOL,
                                rtol=1e-4)
 
@@ -149,6 +151,13 @@ def test_fused_loss_equals_plain_loss_and_gradients():
     assert fused.logits is None
     fused.loss.backward()
     torch.testing.assert_close(fused.loss, plain.loss, atol=1e-6, rtol=1e-6)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, grads[name], atol=1e-6, rtol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
+    # A step trained twice reuses the head's scratch buffer: same loss and gradients again.
+    model.zero_grad()
+    again = model(ids, labels=labels, return_logits=False)
+    again.loss.backward()
+    assert model.lm_head._scratch is not None and again.loss.item() == fused.loss.item()
     for name, p in model.named_parameters():
         torch.testing.assert_close(p.grad, grads[name], atol=1e-6, rtol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
     hidden = torch.randn(2, 5, 8)

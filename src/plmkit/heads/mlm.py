@@ -34,6 +34,10 @@ class MaskedLMHead(nn.Module):
     def decoder_weight(self) -> torch.Tensor:
         return self._tied[0].weight if self._tied is not None else self.decoder.weight
 
+    @property
+    def is_tied(self) -> bool:
+        return self._tied is not None
+
     def forward(self, hidden: torch.Tensor, labels: torch.Tensor | None = None,
                 masked_only: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """hidden (B, T, C) -> logits (B, T, V); loss = cross-entropy over positions whose label is not -100.

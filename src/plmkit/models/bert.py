@@ -7,6 +7,7 @@ familiar workflow runs with plmkit names; the modules inside are plmkit's own (`
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -22,6 +23,8 @@ from plmkit.heads import (
     SpanQAHead,
     TokenClassificationHead,
 )
+from plmkit.heads.mlm import IGNORE_INDEX
+from plmkit.layers.embeddings import tied_lookup_sparse_grad
 from plmkit.models.encoder import Encoder
 from plmkit.outputs import (
     EncoderOutput,
@@ -75,6 +78,15 @@ class BertPreTrainedModel(nn.Module):
                            output_hidden_states=output_hidden_states, output_attentions=output_attentions)
         pooled = self.pooler(out.last_hidden_state) if self.pooler is not None else None
         return out, pooled
+
+    def _tied_lookup(self, labels: torch.Tensor | None) -> contextlib.AbstractContextManager:
+        """Sparse token-lookup gradient while a tied masked-LM head is in the loss (`tied_lookup_sparse_grad`):
+        with labels, at least one labelled position (a micro-batch without one has no MLM term), grad enabled."""
+        head = getattr(self, "mlm", None)
+        enabled = head is not None and head.is_tied and labels is not None and torch.is_grad_enabled() \
+            and not torch.compiler.is_compiling() \
+            and bool((labels != IGNORE_INDEX).any())
+        return tied_lookup_sparse_grad(self.encoder.embed.token, enabled)
 
     @property
     def num_parameters(self) -> int:
@@ -140,8 +152,9 @@ class BertForMaskedLM(BertPreTrainedModel):
                 labels: torch.Tensor | None = None, output_hidden_states: bool = False,
                 output_attentions: bool = False, masked_only: bool = False) -> MaskedLMOutput:
         """`masked_only=True` (with labels) decodes only the labelled positions: same loss, logits (N, V)."""
-        out, _ = self._encode(input_ids, attention_mask, token_type_ids, position_ids,
-                              output_hidden_states, output_attentions)
+        with self._tied_lookup(labels):
+            out, _ = self._encode(input_ids, attention_mask, token_type_ids, position_ids,
+                                  output_hidden_states, output_attentions)
         logits, loss = self.mlm(out.last_hidden_state, labels, masked_only=masked_only)
         return MaskedLMOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
 
@@ -187,8 +200,9 @@ class BertForPreTraining(BertPreTrainedModel):
                 masked_only: bool = False) -> PreTrainingOutput:
         """`masked_only=True` (with labels) decodes only the labelled positions: same losses, prediction_logits
         (N, V) for the N positions where labels != -100. Pretraining wants it; the default matches transformers."""
-        out, pooled = self._encode(input_ids, attention_mask, token_type_ids, position_ids,
-                                   output_hidden_states, output_attentions)
+        with self._tied_lookup(labels):
+            out, pooled = self._encode(input_ids, attention_mask, token_type_ids, position_ids,
+                                       output_hidden_states, output_attentions)
         logits, mlm_loss = self.mlm(out.last_hidden_state, labels, masked_only=masked_only)
         nsp_logits, nsp_loss = self.nsp(pooled, next_sentence_label)
         loss = mlm_loss + nsp_loss if mlm_loss is not None and nsp_loss is not None else None
