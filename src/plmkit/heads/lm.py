@@ -61,17 +61,19 @@ class _LinearCrossEntropy(torch.autograd.Function):
             probs = logits.sub_(top).exp_()  # in place: the buffer is the only (V, n) tensor
             norm = probs.sum(dim=0)
             total += ((norm.log() + top - target_logit) * valid).sum()  # logsumexp - target logit
-            # d(mean CE)/d logits = (softmax - one_hot) / n_valid on valid positions, 0 on ignored ones.
-            scale = valid.to(probs.dtype) / n_valid
-            probs.mul_(scale / norm)
-            probs[t, cols] -= scale
+            # d(mean CE)/d logits = (softmax - one_hot) / n_valid on valid positions, 0 on ignored ones, which is
+            # (probs - norm * one_hot) * col_scale with col_scale = valid / (n_valid * norm). The column scale is
+            # applied to the small (n, C) factors, not to the (V, n) buffer: one pass over it fewer.
+            col_scale = valid.to(probs.dtype) / (n_valid * norm)
+            probs[t, cols] -= norm
             if grad_hidden is not None:
-                torch.mm(probs.T, weight, out=grad_hidden[start:start + n])
+                torch.mm(probs.T, weight, out=grad_hidden[start:start + n]).mul_(col_scale[:, None])
             if grad_weight is not None:
+                h_scaled = h * col_scale[:, None]
                 if start == 0:
-                    torch.mm(probs, h, out=grad_weight)
+                    torch.mm(probs, h_scaled, out=grad_weight)
                 else:
-                    grad_weight.addmm_(probs, h)
+                    grad_weight.addmm_(probs, h_scaled)
         # Kept on ctx, not saved for backward: backward hands them over and drops its reference, so autograd can
         # adopt them as .grad instead of copying (V, C) floats.
         ctx.grads = (grad_hidden, grad_weight)
