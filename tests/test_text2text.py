@@ -142,6 +142,26 @@ def test_loss_on_labelled_positions_equals_full_logits_loss(smoothing):
     torch.testing.assert_close(fast.loss, expected)
 
 
+
+def test_task_generation_options_reach_generate():
+    """Summaries default to no repeated trigram (as BART's CNN checkpoints); a task's no-repeat size and minimum
+    length are what evaluation and prediction generate with."""
+    assert get_task("summarization").no_repeat_ngram_size == 3 and get_task("multi30k").no_repeat_ngram_size == 0
+    torch.manual_seed(0)
+    model = Seq2SeqLM(seq2seq_config("bart", vocab_size=12, hidden_size=16, num_layers=1, num_heads=2,
+                                     intermediate_size=32, max_position_embeddings=32)).eval()
+    task = get_task("translation", source_lang="en", target_lang="de", no_repeat_ngram_size=1, min_length=8,
+                    max_new_tokens=10)
+    options = task.generation_options(model)
+    assert options["no_repeat_ngram_size"] == 1 and options["min_length"] == 8
+    out = model.generate(torch.randint(4, 12, (3, 6)), **options)
+    for row in out.tolist():
+        eos = model.config.eos_token_id  # also BART's decoder start token (row[0])
+        ended = row.index(eos, 1) if eos in row[1:] else len(row)
+        body = row[1:ended]
+        assert len(body) >= 6 and len(body) == len(set(body))  # no 1-gram twice
+        assert ended >= 8 - 1  # no end before the minimum length (of the sequence, start token included)
+
 # ---------------------------------------------------------------------------------------------- end to end
 def test_translation_from_scratch_through_the_cli(tmp_path, capsys):
     """A tokenizer and a tiny encoder-decoder trained from scratch on a toy 'translation' (each word mapped to

@@ -62,7 +62,9 @@ def _multi30k(**options: Any) -> Task:
     return Text2TextTask("multi30k", folder="multi30k", files=files, **options)
 
 
-_SUMMARY = {"metrics": ("rouge1", "rouge2", "rougeL"), "output_key": "summary_text", "max_new_tokens": 128}
+# Summaries: ROUGE; no repeated trigram when generating (what BART's CNN/DailyMail checkpoints ship with).
+_SUMMARY = {"metrics": ("rouge1", "rouge2", "rougeL"), "output_key": "summary_text", "max_new_tokens": 128,
+            "no_repeat_ngram_size": 3}
 
 
 # name -> factory(**options). GLUE column layouts are those of the official GLUE TSV files.

@@ -59,8 +59,9 @@ class Text2TextTask(Task):
     `format`: "parallel" (the split's file holds the source language, the target is the file with the same name and
     the target language: train.en.gz / train.de.gz), "tsv" (`source_column`, `target_column`: names with a header,
     0-based indices with `header=False`) or "jsonl" (keys). `source_lang`/`target_lang` name the languages
-    ("zh" turns on sacrebleu's Chinese tokenizer). `num_beams`, `max_new_tokens`, `length_penalty`: how evaluation
-    and prediction generate.
+    ("zh" turns on sacrebleu's Chinese tokenizer). `num_beams`, `max_new_tokens`, `length_penalty`,
+    `no_repeat_ngram_size`, `min_length` (decoder tokens, the start token included): how evaluation and prediction
+    generate, as in `transformers`' generation config.
     """
 
     kind = "text2text"
@@ -70,7 +71,8 @@ class Text2TextTask(Task):
                  target_lang: str | None = None, source_column: str | int = "source",
                  target_column: str | int = "target", header: bool = True, metrics: Sequence[str] = ("bleu",),
                  main_metric: str = "", output_key: str = "generated_text", num_beams: int = 1,
-                 max_new_tokens: int = 128, length_penalty: float = 1.0, holdout_every: int = 0,
+                 max_new_tokens: int = 128, length_penalty: float = 1.0, no_repeat_ngram_size: int = 0,
+                 min_length: int = 0, holdout_every: int = 0,
                  holdout: dict[str, int] | None = None, **task_options: Any) -> None:
         if format not in FORMATS:
             raise PlmkitError(f"task {name!r}: unknown format {format!r}; choose from: {', '.join(FORMATS)}")
@@ -93,6 +95,7 @@ class Text2TextTask(Task):
         self.source_column, self.target_column = source_column, target_column
         self.output_key = output_key
         self.num_beams, self.max_new_tokens, self.length_penalty = int(num_beams), int(max_new_tokens), length_penalty
+        self.no_repeat_ngram_size, self.min_length = int(no_repeat_ngram_size), int(min_length)
         self.holdout_every, self.holdout = int(holdout_every), dict(holdout or {})
         self.tokenizer: Any = None
         bad = [s for s, r in self.holdout.items() if not 0 <= r < max(self.holdout_every, 1)]
@@ -251,7 +254,8 @@ class Text2TextTask(Task):
         if model.config.position_embedding == "learned":
             max_new = min(max_new, model.config.max_position_embeddings - 1)
         return {"num_beams": self.num_beams, "max_new_tokens": max_new, "length_penalty": self.length_penalty,
-                "early_stopping": self.num_beams > 1}
+                "early_stopping": self.num_beams > 1, "no_repeat_ngram_size": self.no_repeat_ngram_size,
+                "min_length": min(self.min_length, max_new)}
 
     def scorer(self, model: Any, examples: Sequence[Text2TextExample]) -> Text2TextScorer:
         return Text2TextScorer(self, examples, self.tokenizer)
