@@ -3,6 +3,7 @@ checkpoint integrity, best-checkpoint tracking, the wall-clock budget."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -62,14 +63,49 @@ def test_gradient_accumulation_equals_one_big_batch(tmp_path):
         torch.testing.assert_close(pa, pb, atol=1e-5, rtol=1e-4)
 
 
-def _run(out: Path, overrides: dict, *extra: str, wait: bool = True, env: dict | None = None) -> subprocess.Popen:
-    cmd = [sys.executable, str(SCRIPT), str(out), json.dumps(overrides), *extra]
+def _run(out: Path, overrides: dict, *extra: str, wait: bool = True, env: dict | None = None,
+         nproc: int = 1) -> subprocess.Popen:
+    """train_tiny.py as a script; with `nproc` > 1 under torchrun (gloo, a free port)."""
+    launcher = [] if nproc == 1 else ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
+    cmd = [sys.executable, *launcher, str(SCRIPT), str(out), json.dumps(overrides), *extra]
     proc = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if wait:
-        output, _ = proc.communicate(timeout=300)
-        assert proc.returncode == 0, output
+        proc.output, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, proc.output
     return proc
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid` (from /proc: the test runs on Linux, and psutil is not a dependency)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        found.extend(kids := children.get(todo.pop(), []))
+        todo.extend(kids)
+    return found
+
+
+def _kill_mid_way(proc: subprocess.Popen, out: Path, after_checkpoint: int, max_steps: int) -> None:
+    """SIGKILL the run (every process of it) once a checkpoint at or after step `after_checkpoint` exists and a
+    later step is logged, and check that it died between that checkpoint and the end."""
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        newest = max((c.step for c in list_checkpoints(out)), default=0)
+        if newest >= after_checkpoint and max(losses(out), default=0) > newest:
+            break
+        time.sleep(0.05)
+    for pid in [proc.pid, *_descendants(proc.pid)]:  # torchrun's workers are in sessions of their own
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc.communicate()
+    logged = max(losses(out))
+    assert after_checkpoint < logged < max_steps, "the run must be killed after the checkpoint, before the end"
+    assert [c.step for c in list_checkpoints(out)][-1] < max_steps
 
 
 def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
@@ -77,22 +113,23 @@ def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
     run's exactly (model, AdamW state, schedule, dropout RNG and data position all restored)."""
     settings = {"max_steps": 14, "save_every_steps": 3, "keep_last": 2, "dropout": 0.1, "step_sleep": 0.15}
     _run(tmp_path / "full", settings)
-    proc = _run(tmp_path / "killed", settings, wait=False)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        done = [c.step for c in list_checkpoints(tmp_path / "killed")]
-        if 6 in done and max(losses(tmp_path / "killed"), default=0) >= 7:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    logged = max(losses(tmp_path / "killed"))
-    assert 7 <= logged < 14, "the run must be killed mid-way, after a checkpoint and before the end"
-    assert [c.step for c in list_checkpoints(tmp_path / "killed")][-1] < 14
+    _kill_mid_way(_run(tmp_path / "killed", settings, wait=False), tmp_path / "killed", 6, 14)
     _run(tmp_path / "killed", settings, "--resume")
     full, resumed = losses(tmp_path / "full"), losses(tmp_path / "killed")
     assert sorted(resumed) == list(range(1, 15))
     assert resumed == full  # bitwise: float equality at every step
+
+
+def test_ddp_resume_with_dropout_is_bitwise_identical(tmp_path):
+    """The same under torchrun with 2 processes and dropout: each rank's own RNG state is saved and restored, so
+    the dropout masks after the resume are the uninterrupted run's on every rank."""
+    settings = {"max_steps": 8, "save_every_steps": 3, "keep_last": 2, "dropout": 0.1, "step_sleep": 0.15}
+    _run(tmp_path / "full", settings, nproc=2)
+    _kill_mid_way(_run(tmp_path / "killed", settings, wait=False, nproc=2), tmp_path / "killed", 3, 8)
+    _run(tmp_path / "killed", settings, "--resume", nproc=2)
+    full, resumed = losses(tmp_path / "full"), losses(tmp_path / "killed")
+    assert sorted(resumed) == list(range(1, 9))
+    assert resumed == full
 
 
 def test_corrupt_checkpoint_is_refused_and_the_previous_one_used(tmp_path, caplog):
@@ -172,11 +209,7 @@ def test_ddp_two_processes_match_one_process(tmp_path):
     batches of 8 (dropout off: the two set-ups draw dropout masks from different generators)."""
     settings = {"max_steps": 5, "dropout": 0.0}
     _run(tmp_path / "single", settings)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-           str(SCRIPT), str(tmp_path / "ddp"), json.dumps(settings)]
-    done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
+    _run(tmp_path / "ddp", settings, nproc=2)
     single, ddp = losses(tmp_path / "single"), losses(tmp_path / "ddp")
     assert sorted(ddp) == sorted(single) == [1, 2, 3, 4, 5]
     for step in single:
@@ -214,3 +247,20 @@ def test_compiled_training_saves_plain_names(tmp_path, monkeypatch):
         keys = list(f.keys())
     assert keys and not any("_orig_mod" in k for k in keys)
     assert set(keys) == set(tiny_model().state_dict())
+
+
+def test_rng_states_per_rank_and_across_world_sizes(caplog):
+    """A checkpoint's RNG states are one per rank; an old single-state file is rank 0's; another world size warns
+    and reuses the saved states in turn."""
+    from plmkit.training.checkpoint import rng_state_for_rank
+
+    states = [{"torch": torch.tensor([r])} for r in range(2)]
+    assert [rng_state_for_rank(states, r, 2)["torch"].item() for r in range(2)] == [0, 1]
+    assert not caplog.records
+    with caplog.at_level("WARNING"):
+        assert [rng_state_for_rank(states, r, 3)["torch"].item() for r in range(3)] == [0, 1, 0]
+    assert "2 process(es) but this run has 3" in caplog.text
+    assert rng_state_for_rank(states[1], 0, 1)["torch"].item() == 1
+    with pytest.raises(PlmkitError, match="no RNG state"):
+        rng_state_for_rank([], 0, 1)
+

@@ -4,13 +4,19 @@ A checkpoint is a directory `step-00000100/` under `<output_dir>/checkpoints/`:
 
     model.safetensors   the raw model's weights (never a compiled or DDP wrapper's `_orig_mod.`/`module.` names)
     optimizer.pt        the optimizer's state_dict (tensors and numbers only: loaded with weights_only=True)
-    rng.pt              torch's CPU (and CUDA) RNG states: dropout continues exactly where it stopped
+    rng.pt              every rank's torch CPU (and CUDA) RNG state, a list indexed by rank: dropout continues
+                        exactly where it stopped on each process
     trainer_state.json  the step and what the trainer tracks (elapsed time, tokens seen, best metric)
     manifest.json       size and sha256 of each file above; written last
 
 Everything is written into a hidden temporary directory that is renamed into place only when complete, so a
 run killed at any moment leaves either a whole checkpoint or none. On resume the newest checkpoint whose
 manifest matches its files is used; a corrupt or truncated one is reported by name and skipped.
+
+The files are the same whatever wrote them (one process or DDP, any number of ranks), so a checkpoint
+resumes under another set-up; only the RNG states are per rank, and a different world size warns that dropout
+will not repeat the original run's (ranks beyond the saved ones reuse the saved states in turn). An `rng.pt` of
+one dict (from before the states were per rank) is read as rank 0's.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,21 +67,47 @@ def list_checkpoints(output_dir: str | Path) -> list[Checkpoint]:
 
 
 def rng_state() -> dict[str, Any]:
+    """This process's RNG state: torch's CPU generator and, with CUDA, the current device's (a rank uses one
+    device; `get_rng_state_all` would create a context on every visible GPU from every rank)."""
     state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available():
+        if isinstance(cuda, list):  # older checkpoints: every visible device's state
+            torch.cuda.set_rng_state_all(cuda)
+        else:
+            torch.cuda.set_rng_state(cuda)
 
 
-def save_checkpoint(output_dir: str | Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    state: dict[str, Any], keep_last: int = 2) -> Path:
-    """Write checkpoint `step` atomically, then delete all but the newest `keep_last`."""
+def rng_state_for_rank(states: list[dict[str, Any]] | dict[str, Any], rank: int, world_size: int,
+                       where: Path | str = "rng.pt") -> dict[str, Any]:
+    """The saved state this rank continues from. With as many states as ranks that is its own, which makes a
+    resumed distributed run repeat the uninterrupted one; with another world size, rank r takes state r mod n
+    (a sensible continuation, but not the original run's dropout), and says so."""
+    if isinstance(states, dict):  # a checkpoint from before per-rank states: one state, rank 0's
+        states = [states]
+    if not states:
+        raise PlmkitError(f"{where}: no RNG state in the checkpoint")
+    if len(states) != world_size and rank == 0:
+        log.warning("%s holds the RNG states of %d process(es) but this run has %d: rank r continues from state "
+                    "r mod %d, so dropout after the resume differs from an uninterrupted run of %d process(es)",
+                    where, len(states), world_size, len(states), len(states))
+    return states[rank % len(states)]
+
+
+def save_checkpoint(output_dir: str | Path, step: int, model: nn.Module,
+                    optimizer: torch.optim.Optimizer | dict[str, Any], state: dict[str, Any], keep_last: int = 2,
+                    rng_states: list[dict[str, Any]] | None = None) -> Path:
+    """Write checkpoint `step` atomically, then delete all but the newest `keep_last`.
+
+    `model` is a plain module holding the full weights; `optimizer` is an optimizer or its full state_dict (what an
+    FSDP run gathers); `rng_states` is every rank's `rng_state()` in rank order (default: this process's only)."""
     root = checkpoint_root(output_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:08d}"
@@ -82,8 +115,9 @@ def save_checkpoint(output_dir: str | Path, step: int, model: nn.Module, optimiz
     os.chmod(tmp, 0o755)  # mkdtemp makes it private; a checkpoint is as readable as the rest of the run
     try:
         save_model(model, str(tmp / MODEL), metadata={"format": "pt", "step": str(step)})
-        torch.save(optimizer.state_dict(), tmp / OPTIMIZER)
-        torch.save(rng_state(), tmp / RNG)
+        optimizer_state = optimizer if isinstance(optimizer, dict) else optimizer.state_dict()
+        torch.save(optimizer_state, tmp / OPTIMIZER)
+        torch.save(rng_states if rng_states is not None else [rng_state()], tmp / RNG)
         (tmp / STATE).write_text(json.dumps({"step": step, **state}, indent=2) + "\n", encoding="utf-8")
         manifest = {name: {"bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
                     for name in (MODEL, OPTIMIZER, RNG, STATE)}
@@ -124,9 +158,8 @@ def verify_checkpoint(path: Path) -> None:
             raise PlmkitError(f"{f}: contents do not match the manifest's sha256 (corrupt)")
 
 
-def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
-    """Verify, then load weights, optimizer state and RNG states; returns the trainer state."""
-    verify_checkpoint(path)
+def load_weights(path: Path, model: nn.Module) -> None:
+    """Load a checkpoint's model.safetensors into a plain module; a file that does not fit is a PlmkitError."""
     try:
         missing, unexpected = load_model(model, str(path / MODEL), strict=False)
     except (SafetensorError, OSError, RuntimeError) as e:
@@ -134,18 +167,40 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     if missing or unexpected:
         raise PlmkitError(f"{path / MODEL}: does not fit the model (missing: {sorted(missing)[:5]}, "
                           f"unexpected: {sorted(unexpected)[:5]})")
-    if optimizer is not None:
-        optimizer.load_state_dict(torch.load(path / OPTIMIZER, map_location="cpu", weights_only=True))
-    set_rng_state(torch.load(path / RNG, map_location="cpu", weights_only=True))
+
+
+def load_optimizer_state(path: Path) -> dict[str, Any]:
+    return torch.load(path / OPTIMIZER, map_location="cpu", weights_only=True)
+
+
+def restore_rng(path: Path, rank: int = 0, world_size: int = 1) -> None:
+    """Set this rank's RNG state from the checkpoint (see `rng_state_for_rank`)."""
+    states = torch.load(path / RNG, map_location="cpu", weights_only=True)
+    set_rng_state(rng_state_for_rank(states, rank, world_size, path / RNG))
+
+
+def read_trainer_state(path: Path) -> dict[str, Any]:
     return json.loads((path / STATE).read_text(encoding="utf-8"))
 
 
-def resume_latest(output_dir: str | Path, model: nn.Module,
-                  optimizer: torch.optim.Optimizer | None) -> tuple[Checkpoint, dict[str, Any]] | None:
-    """Load the newest intact checkpoint; a damaged one is named in a warning and the one before it is used."""
+def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None, *, rank: int = 0,
+                    world_size: int = 1) -> dict[str, Any]:
+    """Verify, then load weights, optimizer state and this rank's RNG state; returns the trainer state."""
+    verify_checkpoint(path)
+    load_weights(path, model)
+    if optimizer is not None:
+        optimizer.load_state_dict(load_optimizer_state(path))
+    restore_rng(path, rank, world_size)
+    return read_trainer_state(path)
+
+
+def resume_latest(output_dir: str | Path,
+                  load: Callable[[Path], dict[str, Any]]) -> tuple[Checkpoint, dict[str, Any]] | None:
+    """Load the newest intact checkpoint with `load(path) -> trainer state` (e.g. `load_checkpoint` with its
+    model and optimizer bound); a damaged one (a PlmkitError) is named in a warning and the one before it is used."""
     for ckpt in reversed(list_checkpoints(output_dir)):
         try:
-            return ckpt, load_checkpoint(ckpt.path, model, optimizer)
+            return ckpt, load(ckpt.path)
         except PlmkitError as e:
             log.warning("skipping checkpoint %s: %s", ckpt.path.name, e)
     return None

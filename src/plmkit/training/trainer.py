@@ -5,7 +5,8 @@ It takes a model, a dataset with a collate function, an objective (loss terms wi
 warm-up then linear/cosine decay, gradient accumulation normalised over the global batch, clipping, optional
 bf16 autocast and torch.compile, DDP under torchrun, evaluation every N steps with best-checkpoint tracking,
 JSONL + TensorBoard metrics, a tqdm bar with tokens/s, a loss-curve PNG, a wall-clock budget, and atomic
-checkpoints every N steps or minutes from which `fit(resume=True)` continues bit for bit.
+checkpoints every N steps or minutes from which `fit(resume=True)` continues bit for bit (each rank's dropout RNG
+included, so a resumed distributed run repeats the uninterrupted one).
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from plmkit.errors import PlmkitError
-from plmkit.training.checkpoint import list_checkpoints, resume_latest, save_checkpoint
+from plmkit.training.checkpoint import list_checkpoints, load_checkpoint, resume_latest, rng_state, save_checkpoint
 from plmkit.training.config import ImplConfig, TrainConfig
 from plmkit.training.data import Collate, ExampleStream
-from plmkit.training.distributed import DistInfo, all_reduce_sum, barrier, init_distributed
+from plmkit.training.distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier, init_distributed
 from plmkit.training.objectives import Objective
 from plmkit.training.optim import build_optimizer, lr_at, set_lr
 from plmkit.training.tracking import MetricsLog, plot_loss_curve
@@ -252,15 +253,18 @@ class Trainer:
         shutil.rmtree(old, ignore_errors=True)
 
     def _save(self, elapsed: float) -> None:
+        """A checkpoint from every rank's state (collective): rank 0 writes the weights, the optimizer state and
+        the RNG states of all ranks."""
+        rng_states = all_gather_objects(rng_state(), self.dist)
         if self.dist.is_main:
             state = {"tokens_seen": self.tokens_seen, "elapsed_s": elapsed,
                      "best": list(self.best) if self.best else None}
             save_checkpoint(self.output_dir, self.step, self.model, self.optimizer, state,
-                            keep_last=self.config.keep_last)
+                            keep_last=self.config.keep_last, rng_states=rng_states)
         barrier(self.dist)
 
     def _resume(self) -> None:
-        found = resume_latest(self.output_dir, self.model, self.optimizer)
+        found = resume_latest(self.output_dir, self._load)
         if found is None:
             raise PlmkitError(f"{self.output_dir}: no intact checkpoint to resume from")
         ckpt, state = found
@@ -268,3 +272,7 @@ class Trainer:
         self._elapsed_before = state.get("elapsed_s", 0.0)
         self.best = tuple(state["best"]) if state.get("best") else None
         log.info("resumed from %s (step %d)", ckpt.path, self.step)
+
+    def _load(self, path: Path) -> dict[str, Any]:
+        return load_checkpoint(path, self.model, self.optimizer, rank=self.dist.rank,
+                               world_size=self.dist.world_size)
