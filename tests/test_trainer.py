@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import pytest
 import torch
 
 from plmkit.errors import PlmkitError
-from plmkit.training import TrainConfig, load_recipe, lr_at, param_groups
+from plmkit.training import TrainConfig, build_optimizer, load_recipe, lr_at, param_groups
 from plmkit.training.checkpoint import list_checkpoints, save_checkpoint, verify_checkpoint
 from plmkit.training.tracking import read_metrics
 
@@ -209,7 +210,7 @@ def test_ddp_two_processes_match_one_process(tmp_path):
     batches of 8 (dropout off: the two set-ups draw dropout masks from different generators)."""
     settings = {"max_steps": 5, "dropout": 0.0}
     _run(tmp_path / "single", settings)
-    _run(tmp_path / "ddp", settings, nproc=2)
+    assert "rank 1 trains DistributedDataParallel" in _run(tmp_path / "ddp", settings, nproc=2).output
     single, ddp = losses(tmp_path / "single"), losses(tmp_path / "ddp")
     assert sorted(ddp) == sorted(single) == [1, 2, 3, 4, 5]
     for step in single:
@@ -249,6 +250,87 @@ def test_compiled_training_saves_plain_names(tmp_path, monkeypatch):
     assert set(keys) == set(tiny_model().state_dict())
 
 
+def test_fsdp_matches_one_process_saves_plain_weights_and_resumes(tmp_path):
+    """torchrun with 2 CPU processes and impl.fsdp (FSDP2 over gloo), with accumulation, clipping and evaluation on
+    unequal shares of held-out batches: the losses, gradient norms and held-out metrics are one process's with the
+    same global batch within 1e-5; checkpoints and the best and final model directories hold plain full weights
+    (loaded into unsharded models here); and a resume from the middle checkpoint repeats the later steps."""
+    from safetensors import safe_open
+
+    from plmkit.models.bert import BertForPreTraining
+    from plmkit.training.checkpoint import load_checkpoint
+
+    settings = {"max_steps": 6, "dropout": 0.0, "micro_batch_size": 2, "save_every_steps": 3, "keep_last": 3,
+                "eval_every": 3, "best_metric": "mlm_loss", "best_mode": "min", "evaluate": True}
+    single = make_trainer(str(tmp_path / "single"), **settings)
+    single.fit()
+    run = _run(tmp_path / "fsdp", {**settings, "fsdp": True}, nproc=2)
+    assert "rank 0 trains FSDPBertForPreTraining" in run.output and "rank 1 trains FSDP" in run.output
+
+    def records(run: str, split: str) -> list[dict]:
+        return list(read_metrics(tmp_path / run / "metrics.jsonl", split))
+
+    compared = {"train": ("loss", "grad_norm", "mlm_loss", "nsp_loss"), "eval": ("mlm_loss", "nsp_accuracy")}
+    for split, keys in compared.items():
+        one, two = records("single", split), records("fsdp", split)
+        assert [r["step"] for r in one] == [r["step"] for r in two] and one
+        for a, b in zip(one, two, strict=True):
+            for key in keys:
+                assert b[key] == pytest.approx(a[key], abs=1e-5), (split, a["step"], key)
+
+    last = list_checkpoints(tmp_path / "fsdp")[-1].path
+    with safe_open(str(last / "model.safetensors"), framework="pt") as f:
+        assert set(f.keys()) == set(tiny_model().state_dict())
+    plain = tiny_model(dropout=0.0, seed=1)
+    optimizer = build_optimizer(plain, single.config)
+    load_checkpoint(last, plain, optimizer)
+    for (name, a), b in zip(single.model.state_dict().items(), plain.state_dict().values(), strict=True):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4, msg=name)
+    one, two = single.optimizer.state_dict()["state"], optimizer.state_dict()["state"]
+    assert sorted(one) == sorted(two) == list(range(len(list(plain.parameters()))))
+    for i in one:
+        torch.testing.assert_close(two[i]["exp_avg"], one[i]["exp_avg"], atol=1e-6, rtol=1e-4)
+    references = {"model": single.model, "best": BertForPreTraining.from_pretrained(tmp_path / "single" / "best")}
+    for name, reference in references.items():
+        saved = BertForPreTraining.from_pretrained(tmp_path / "fsdp" / name)
+        for a, b in zip(reference.state_dict().values(), saved.state_dict().values(), strict=True):
+            torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)
+
+    # Truncate the last checkpoint of a copy: all ranks skip it together and resume from step 3.
+    shutil.copytree(tmp_path / "fsdp", tmp_path / "resumed")
+    damaged = tmp_path / "resumed" / "checkpoints" / last.name / "model.safetensors"
+    damaged.write_bytes(damaged.read_bytes()[:1000])
+    run = _run(tmp_path / "resumed", {**settings, "fsdp": True}, "--resume", nproc=2)
+    assert f"skipping checkpoint {last.name}" in run.output and "truncated" in run.output
+    assert losses(tmp_path / "resumed") == losses(tmp_path / "fsdp")
+
+
+def test_fsdp_units_and_plain_copies_of_every_model_family():
+    """The blocks FSDP shards one by one are the models' layer stacks, and a full copy built from the pre-sharding
+    skeleton is the model again: same weights, same outputs, the tied output embedding still tied."""
+    from plmkit.models.decoder import CausalLM, decoder_config
+    from plmkit.models.encoder_decoder import Seq2SeqLM, seq2seq_config
+    from plmkit.training.distributed import materialize, meta_copy, transformer_blocks
+
+    torch.manual_seed(0)
+    gpt = CausalLM(decoder_config("gpt2", vocab_size=99, hidden_size=32, num_layers=3, num_heads=4,
+                                  intermediate_size=64, max_position_embeddings=64)).eval()
+    t5 = Seq2SeqLM(seq2seq_config("t5", vocab_size=99, hidden_size=32, num_layers=2, num_heads=4,
+                                  intermediate_size=37, max_position_embeddings=64))
+    bert = tiny_model()
+    assert transformer_blocks(bert) == list(bert.encoder.layers)
+    assert transformer_blocks(gpt) == list(gpt.decoder.layers)
+    assert len(transformer_blocks(t5)) == 4 and all(b in set(t5.modules()) for b in transformer_blocks(t5))
+
+    skeleton = meta_copy(gpt)
+    assert all(p.is_meta for p in skeleton.parameters())
+    copy = materialize(skeleton, "cpu", gpt.state_dict()).eval()
+    assert all(p.is_meta for p in skeleton.parameters())  # the skeleton stays empty for the next copy
+    assert copy.lm_head.weight is copy.decoder.embed.token.weight
+    ids = torch.randint(0, 99, (2, 7))
+    torch.testing.assert_close(copy(ids).logits, gpt(ids).logits, rtol=0, atol=0)
+
+
 def test_rng_states_per_rank_and_across_world_sizes(caplog):
     """A checkpoint's RNG states are one per rank; an old single-state file is rank 0's; another world size warns
     and reuses the saved states in turn."""
@@ -264,3 +346,9 @@ def test_rng_states_per_rank_and_across_world_sizes(caplog):
     with pytest.raises(PlmkitError, match="no RNG state"):
         rng_state_for_rank([], 0, 1)
 
+
+def test_fsdp_without_torchrun_trains_unsharded(tmp_path, caplog):
+    with caplog.at_level("WARNING"):
+        trainer = make_trainer(str(tmp_path), max_steps=1, fsdp=True)
+    assert "impl.fsdp applies under torchrun" in caplog.text and not trainer.sharded
+    assert type(trainer.forward_model).__name__ == "BertForPreTraining"

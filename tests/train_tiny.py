@@ -2,6 +2,10 @@
 torchrun): random token sequences, BERT with hidden 32 and 2 layers, per-example seeded masking.
 
     python tests/train_tiny.py OUTPUT_DIR '{"max_steps": 8, ...}' [--resume]
+
+Besides TrainConfig's keys the JSON takes `dropout`, `step_sleep` (seconds per collated micro-batch), `fsdp`
+(impl.fsdp), and `evaluate` (held-out masked-LM evaluation every `eval_every` steps, the best model to
+OUTPUT_DIR/best, the final one to OUTPUT_DIR/model, as pretraining does).
 """
 
 from __future__ import annotations
@@ -9,6 +13,8 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -16,6 +22,7 @@ from plmkit.config import ModelConfig
 from plmkit.models.bert import BertForPreTraining
 from plmkit.objectives import mask_tokens
 from plmkit.training import ImplConfig, PretrainingObjective, TrainConfig, Trainer
+from plmkit.training.pretrain import mlm_evaluator
 
 VOCAB, PAD, CLS, SEP, MASK = 99, 0, 1, 2, 3
 
@@ -67,8 +74,15 @@ def tiny_model(dropout: float = 0.1, seed: int = 0) -> BertForPreTraining:
     return model
 
 
+def held_out_evaluator(trainer_of: Callable[[], Trainer]) -> Callable:
+    """pretraining's masked-LM evaluator on 20 other pairs in batches of 8: 3 batches, so 2 ranks get unequal
+    numbers of them."""
+    held_out = RandomPairs(20, seed=1)
+    return lambda model: mlm_evaluator(held_out, collate, 8, None, trainer_of().dist)(model)
+
+
 def make_trainer(output_dir: str, dropout: float = 0.1, step_sleep: float = 0.0, evaluator=None,
-                 compile: bool = False, **train: object) -> Trainer:
+                 compile: bool = False, fsdp: bool = False, evaluate: bool = False, **train: object) -> Trainer:
     train = {"batch_size": 8, "max_steps": 8, "lr": 1e-3, "warmup_steps": 2, "log_every": 1, **train}
     config = TrainConfig(output_dir=output_dir, **train)
 
@@ -76,13 +90,20 @@ def make_trainer(output_dir: str, dropout: float = 0.1, step_sleep: float = 0.0,
         time.sleep(step_sleep)
         return collate(examples, seeds)
 
-    return Trainer(tiny_model(dropout), config, train_data=RandomPairs(), collate=slow_collate,
-                   objective=PretrainingObjective(), evaluator=evaluator,
-                   impl=ImplConfig(progress=False, tensorboard=False, num_threads=1, compile=compile))
+    trainer = None
+    if evaluate:
+        evaluator = held_out_evaluator(lambda: trainer)
+    trainer = Trainer(tiny_model(dropout), config, train_data=RandomPairs(), collate=slow_collate,
+                      objective=PretrainingObjective(), evaluator=evaluator,
+                      save_model=(lambda m, d: m.save_pretrained(d)) if evaluate else None,
+                      impl=ImplConfig(progress=False, tensorboard=False, num_threads=1, compile=compile, fsdp=fsdp))
+    return trainer
 
 
 if __name__ == "__main__":
     out_dir, overrides = sys.argv[1], json.loads(sys.argv[2])
-    dropout = overrides.pop("dropout", 0.1)
-    step_sleep = overrides.pop("step_sleep", 0.0)
-    make_trainer(out_dir, dropout=dropout, step_sleep=step_sleep, **overrides).fit(resume="--resume" in sys.argv)
+    trainer = make_trainer(out_dir, **overrides)
+    print(f"rank {trainer.dist.rank} trains {type(trainer.forward_model).__name__}", flush=True)
+    trainer.fit(resume="--resume" in sys.argv)
+    if overrides.get("evaluate") and trainer.dist.is_main:
+        trainer.model.save_pretrained(Path(out_dir) / "model")  # as pretrain() saves its final model

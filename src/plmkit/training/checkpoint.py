@@ -2,8 +2,10 @@
 
 A checkpoint is a directory `step-00000100/` under `<output_dir>/checkpoints/`:
 
-    model.safetensors   the raw model's weights (never a compiled or DDP wrapper's `_orig_mod.`/`module.` names)
-    optimizer.pt        the optimizer's state_dict (tensors and numbers only: loaded with weights_only=True)
+    model.safetensors   the raw model's full weights (never a compiled or DDP wrapper's `_orig_mod.`/`module.`
+                        names, never FSDP shards: an FSDP run gathers them first, see `training.distributed`)
+    optimizer.pt        the optimizer's full state_dict, keyed by parameter index as `optimizer.state_dict()` is
+                        (tensors and numbers only: loaded with weights_only=True)
     rng.pt              every rank's torch CPU (and CUDA) RNG state, a list indexed by rank: dropout continues
                         exactly where it stopped on each process
     trainer_state.json  the step and what the trainer tracks (elapsed time, tokens seen, best metric)
@@ -13,7 +15,7 @@ Everything is written into a hidden temporary directory that is renamed into pla
 run killed at any moment leaves either a whole checkpoint or none. On resume the newest checkpoint whose
 manifest matches its files is used; a corrupt or truncated one is reported by name and skipped.
 
-The files are the same whatever wrote them (one process or DDP, any number of ranks), so a checkpoint
+The files are the same whatever wrote them (one process, DDP or FSDP, any number of ranks), so a checkpoint
 resumes under another set-up; only the RNG states are per rank, and a different world size warns that dropout
 will not repeat the original run's (ranks beyond the saved ones reuse the saved states in turn). An `rng.pt` of
 one dict (from before the states were per rank) is read as rank 0's.

@@ -89,6 +89,9 @@ class ImplConfig:
     device: str = "auto"  # auto = cuda when available, else cpu
     precision: str = "fp32"  # bf16 = autocast to bfloat16 (GPU); fp32 everywhere by default
     compile: bool = False
+    # Under torchrun: shard weights, gradients and AdamW state over the ranks with FSDP2 instead of replicating
+    # them with DDP, for a model too big for one device (see training.distributed). No effect in one process.
+    fsdp: bool = False
     num_threads: int | None = None
     progress: bool = True
     tensorboard: bool = True

@@ -3,10 +3,16 @@
 It takes a model, a dataset with a collate function, an objective (loss terms with counts, see
 `training.objectives`) and optionally an evaluator, and does the rest: AdamW (decay only for p.dim() >= 2),
 warm-up then linear/cosine decay, gradient accumulation normalised over the global batch, clipping, optional
-bf16 autocast and torch.compile, DDP under torchrun, evaluation every N steps with best-checkpoint tracking,
-JSONL + TensorBoard metrics, a tqdm bar with tokens/s, a loss-curve PNG, a wall-clock budget, and atomic
-checkpoints every N steps or minutes from which `fit(resume=True)` continues bit for bit (each rank's dropout RNG
-included, so a resumed distributed run repeats the uninterrupted one).
+bf16 autocast and torch.compile, DDP (or with `impl.fsdp` FSDP2 sharding) under torchrun, evaluation every N steps
+with best-checkpoint tracking, JSONL + TensorBoard metrics, a tqdm bar with tokens/s, a loss-curve PNG, a wall-clock
+budget, and atomic checkpoints every N steps or minutes from which `fit(resume=True)` continues bit for bit (each
+rank's dropout RNG included, so a resumed distributed run repeats the uninterrupted one).
+
+Under FSDP the model is sharded in place, so `trainer.model` is no plain module during training; everything that
+leaves the trainer still is: checkpoints and the `save_model` directories hold the full weights, the evaluator gets
+a full copy on every rank (parameters only, gathered for the evaluation: the evaluators give ranks unequal numbers
+of batches, which sharded forwards cannot take), and after `fit()` rank 0's `trainer.model` is a plain CPU module
+with the trained weights (other ranks keep the sharded one).
 """
 
 from __future__ import annotations
@@ -26,10 +32,36 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from plmkit.errors import PlmkitError
-from plmkit.training.checkpoint import list_checkpoints, load_checkpoint, resume_latest, rng_state, save_checkpoint
+from plmkit.training.checkpoint import (
+    list_checkpoints,
+    load_checkpoint,
+    load_optimizer_state,
+    load_weights,
+    read_trainer_state,
+    restore_rng,
+    resume_latest,
+    rng_state,
+    save_checkpoint,
+    verify_checkpoint,
+)
 from plmkit.training.config import ImplConfig, TrainConfig
 from plmkit.training.data import Collate, ExampleStream
-from plmkit.training.distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier, init_distributed
+from plmkit.training.distributed import (
+    DistInfo,
+    all_gather_objects,
+    all_reduce_sum,
+    barrier,
+    broadcast_object,
+    full_model_state,
+    full_optimizer_state,
+    init_distributed,
+    load_full_state,
+    materialize,
+    meta_copy,
+    optimizer_state_by_name,
+    set_gradient_sync,
+    shard_model,
+)
 from plmkit.training.objectives import Objective
 from plmkit.training.optim import build_optimizer, lr_at, set_lr
 from plmkit.training.tracking import MetricsLog, plot_loss_curve
@@ -76,14 +108,23 @@ class Trainer:
         if self.device.type == "cuda" and self.dist.enabled:
             self.device = torch.device("cuda", self.dist.local_rank)
         torch.manual_seed(config.seed)  # dropout's RNG; data order and masking have their own seeds
-        self.model = model.to(self.device)  # the raw model: what is saved, evaluated and returned
+        self.sharded = self.impl.fsdp and self.dist.enabled  # FSDP instead of DDP
+        if self.impl.fsdp and not self.dist.enabled:
+            log.warning("impl.fsdp applies under torchrun with more than one process; training unsharded")
+        self._skeleton: nn.Module | None = None
+        if self.sharded:
+            self._skeleton = meta_copy(model)  # the plain frame that gathered full weights go into
+            model = shard_model(model, self.device, self.dist)  # moves each shard to the device
+        else:
+            model = model.to(self.device)
+        self.model = model  # the raw model (sharded in place under FSDP): what is saved, evaluated and returned
         self.stream = ExampleStream(train_data, collate, config.batch_size, seed=config.seed,
                                     micro_batch_size=config.micro_batch_size, rank=self.dist.rank,
                                     world_size=self.dist.world_size, lengths=lengths)
         self.objective, self.evaluator, self.save_model = objective, evaluator, save_model
         self.optimizer = build_optimizer(self.model, config)
         self.forward_model: nn.Module = self.model
-        if self.dist.enabled:
+        if self.dist.enabled and not self.sharded:
             ids = [self.dist.local_rank] if self.device.type == "cuda" else None
             self.forward_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         if self.impl.compile:
@@ -153,6 +194,8 @@ class Trainer:
         if main:
             plot_loss_curve(self.output_dir / "metrics.jsonl", self.output_dir / "loss.png",
                             title=f"{self.output_dir.name}: {self.step} steps")
+        if self.sharded:
+            self._unshard_for_return()
         barrier(self.dist)
         return TrainResult(self.step, stopped_by, last_loss, eval_metrics,
                            self.best[0] if self.best else None, self.best[1] if self.best else None, elapsed)
@@ -171,9 +214,7 @@ class Trainer:
         term_sums = torch.zeros(len(names), dtype=torch.float64)
         for i, (batch, counts) in enumerate(zip(micro_batches, local_counts, strict=True)):
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-            sync = i == len(micro_batches) - 1
-            no_sync = self.forward_model.no_sync if self.dist.enabled and not sync else contextlib.nullcontext
-            with no_sync(), self._autocast():
+            with self._gradient_sync(i == len(micro_batches) - 1), self._autocast():
                 losses = self.objective(self.forward_model, batch)
                 loss = 0.0
                 for j, name in enumerate(names):
@@ -182,7 +223,7 @@ class Trainer:
                     weight = counts[name] / global_counts[name]
                     loss = loss + losses[name] * weight
                     term_sums[j] += float(losses[name].detach()) * weight
-                # DDP averages gradients over ranks; the weights above already sum to 1 over all ranks.
+                # DDP and FSDP average gradients over ranks; the weights above already sum to 1 over all ranks.
                 loss = loss * self.dist.world_size
             if isinstance(loss, torch.Tensor):
                 loss.backward()
@@ -214,6 +255,16 @@ class Trainer:
         by_time = cfg.warmup + elapsed / (cfg.max_minutes * 60) * (cfg.max_steps - cfg.warmup)
         return max(self.step, min(cfg.max_steps, int(by_time)))
 
+    def _gradient_sync(self, sync: bool) -> contextlib.AbstractContextManager:
+        """Reduce gradients over ranks only on the last accumulation micro-batch: DDP's `no_sync` on the others,
+        FSDP2's `set_requires_gradient_sync` (which stays set until changed)."""
+        if self.sharded:
+            set_gradient_sync(self.model, sync)
+            return contextlib.nullcontext()
+        if self.dist.enabled and not sync:
+            return self.forward_model.no_sync()
+        return contextlib.nullcontext()
+
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.impl.precision == "bf16":
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
@@ -221,9 +272,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation, checkpoints
     def _evaluate(self, metrics: MetricsLog | None) -> dict[str, float]:
-        self.model.eval()
+        model = self._full_model(self.device) if self.sharded else self.model
+        model.eval()
         with torch.inference_mode(), self._autocast():
-            values = self.evaluator(self.model)
+            values = self.evaluator(model)
         self.model.train()
         if metrics is not None:
             metrics.write(self.step, "eval", values)
@@ -238,14 +290,29 @@ class Trainer:
             if better:
                 self.best = (values[key], self.step)
                 if self.dist.is_main and self.save_model is not None:
-                    self._save_best()
+                    self._save_best(model)
         return values
 
-    def _save_best(self) -> None:
+    def _full_model(self, device: torch.device | str, *, rank0_only: bool = False) -> nn.Module | None:
+        """Under FSDP, a plain module with the full current weights (collective). `rank0_only`: gathered to rank 0's
+        CPU for writing (None elsewhere); otherwise on every rank's `device`."""
+        state = full_model_state(self.model, cpu_offload=rank0_only)
+        if rank0_only and not self.dist.is_main:
+            return None
+        return materialize(self._skeleton, device, state)
+
+    def _unshard_for_return(self) -> None:
+        """After an FSDP fit, rank 0's `self.model` becomes a plain CPU module with the trained weights, so that the
+        caller can save it as it would an unsharded one (`trainer.model.save_pretrained(...)` on rank 0)."""
+        plain = self._full_model("cpu", rank0_only=True)
+        if plain is not None:
+            self.model = plain.train()
+
+    def _save_best(self, model: nn.Module) -> None:
         final = self.output_dir / "best"
         tmp = self.output_dir / ".best.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        self.save_model(self.model, tmp)
+        self.save_model(model, tmp)
         old = self.output_dir / ".best.old"
         if final.exists():
             final.rename(old)
@@ -253,18 +320,22 @@ class Trainer:
         shutil.rmtree(old, ignore_errors=True)
 
     def _save(self, elapsed: float) -> None:
-        """A checkpoint from every rank's state (collective): rank 0 writes the weights, the optimizer state and
-        the RNG states of all ranks."""
+        """A checkpoint from every rank's state (collective): rank 0 writes the full weights and optimizer state
+        and the RNG states of all ranks."""
         rng_states = all_gather_objects(rng_state(), self.dist)
+        model, optimizer = self.model, self.optimizer
+        if self.sharded:
+            model = self._full_model("cpu", rank0_only=True)
+            optimizer = full_optimizer_state(self.model, self.optimizer)
         if self.dist.is_main:
             state = {"tokens_seen": self.tokens_seen, "elapsed_s": elapsed,
                      "best": list(self.best) if self.best else None}
-            save_checkpoint(self.output_dir, self.step, self.model, self.optimizer, state,
-                            keep_last=self.config.keep_last, rng_states=rng_states)
+            save_checkpoint(self.output_dir, self.step, model, optimizer, state, keep_last=self.config.keep_last,
+                            rng_states=rng_states)
         barrier(self.dist)
 
     def _resume(self) -> None:
-        found = resume_latest(self.output_dir, self._load)
+        found = resume_latest(self.output_dir, self._load_sharded if self.sharded else self._load)
         if found is None:
             raise PlmkitError(f"{self.output_dir}: no intact checkpoint to resume from")
         ckpt, state = found
@@ -276,3 +347,26 @@ class Trainer:
     def _load(self, path: Path) -> dict[str, Any]:
         return load_checkpoint(path, self.model, self.optimizer, rank=self.dist.rank,
                                world_size=self.dist.world_size)
+
+    def _load_sharded(self, path: Path) -> dict[str, Any]:
+        """Load a (plain) checkpoint into the FSDP model: rank 0 verifies it and reads the full weights and optimizer
+        state, all ranks learn whether that worked (so they skip a damaged checkpoint together), then rank 0
+        broadcasts the states and every rank keeps its shards (collective)."""
+        model_state: dict[str, torch.Tensor] = {}
+        optimizer_state: dict[str, Any] = {}
+        error = None
+        if self.dist.is_main:
+            try:
+                verify_checkpoint(path)
+                plain = materialize(self._skeleton, "cpu")
+                load_weights(path, plain)
+                model_state = plain.state_dict()
+                optimizer_state = optimizer_state_by_name(load_optimizer_state(path), self.model, self.optimizer)
+            except PlmkitError as e:
+                error = str(e)
+        error = broadcast_object(error, self.dist)
+        if error is not None:
+            raise PlmkitError(error)
+        load_full_state(self.model, self.optimizer, model_state, optimizer_state)
+        restore_rng(path, self.dist.rank, self.dist.world_size)
+        return read_trainer_state(path)
