@@ -2,21 +2,31 @@
 people report, next to the bar each must reach.
 
     .venv/bin/python benchmarks/finetune_quality.py [--tasks stsb,mrpc,cola,sst2,conll2003,squad] [--seeds 1]
+    .venv/bin/python benchmarks/finetune_quality.py --tasks squad --smoke   # both SQuAD sides, tiny, ~2 min on CPU
 
 Every run is `plmkit.training.finetune.finetune` (what `plmkit finetune` calls) on the full training set with the
 settings below, evaluated on the dev set (CoNLL-2003: test set as well). STS-B is also scored zero-shot (cosine
 of mean-pooled embeddings, no training). SQuAD: the shared data has only the v1.1 dev file (48 articles), so it is
-split by article: the first 38 train, the last 10 evaluate. (The side-by-side SQuAD run with `transformers` on
-the same split is not written yet.) Results go to stdout, one line per task, and with --json to a file.
+split by article: the first 38 train, the last 10 evaluate. The same split is also fine-tuned with `transformers`
+(`hf_squad`: AutoModelForQuestionAnswering and its Trainer, Hugging Face run_qa.py's preprocessing and n-best
+postprocessing, the same hyperparameters and the same examples, scored by the same SQuAD v1.1 EM/F1) and printed
+on the line below plmkit's, with the minutes each took; --no-hf-squad skips it. The Trainer needs `accelerate`.
+--smoke shrinks SQuAD to a check that both sides run: 2 training articles, a few steps of batch 8, and the first
+questions of 1 evaluation article (the numbers are meaningless). Results go to stdout, one line per task, and
+with --json to a file (the transformers run as the row "squad-transformers").
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import shutil
+import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 # task -> (recipe overrides, bar on the main metric or None, scale of the metric for the table)
 TASKS = {
@@ -28,28 +38,236 @@ TASKS = {
     "squad": ({"task": {"train_articles": 38}, "data": {"epochs": 2, "max_length": 384, "doc_stride": 128},
                "train": {"lr": 5e-5, "batch_size": 32}}, ("f1", None)),
 }
+# --smoke: SQuAD on 2 training articles, SMOKE_STEPS steps of batch SMOKE_BATCH, and the first SMOKE_QUESTIONS
+# questions of the file's last article.
+SMOKE_TRAIN_ARTICLES, SMOKE_QUESTIONS, SMOKE_STEPS, SMOKE_BATCH = 2, 40, 4, 8
 
 
 def data_root() -> Path:
     return Path(os.environ.get("PLMKIT_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 
 
-def run_task(name: str, model_dir: Path, out: Path, seeds: list[int]) -> dict:
+def recipe_for(name: str, model_dir: Path, out: Path, smoke: dict | None = None) -> dict:
+    """The `finetune` recipe of a task; `smoke` (from `smoke_squad`) replaces the data and shrinks the run."""
+    overrides, _ = TASKS[name]
+    smoke = smoke or {}
+    return {"task": {"name": name, **overrides.get("task", {}), **smoke.get("task", {})}, "model": str(model_dir),
+            "data": {"data_dir": str(data_root()), **overrides.get("data", {}), **smoke.get("data", {})},
+            "train": {"output_dir": str(out / name), "eval_every": 0, "log_every": 100, "warmup_ratio": 0.1,
+                      **overrides.get("train", {}), **smoke.get("train", {})},
+            "impl": {"progress": False, "tensorboard": False}}
+
+
+def run_task(name: str, model_dir: Path, out: Path, seeds: list[int], smoke: dict | None = None) -> dict:
     from plmkit.training.finetune import finetune
 
-    overrides, _ = TASKS[name]
-    recipe = {"task": {"name": name, **overrides.get("task", {})}, "model": str(model_dir),
-              "data": {"data_dir": str(data_root()), **overrides.get("data", {})},
-              "train": {"output_dir": str(out / name), "eval_every": 0, "log_every": 100, "warmup_ratio": 0.1,
-                        **overrides.get("train", {})},
-              "impl": {"progress": False, "tensorboard": False}}
     t0 = time.perf_counter()
-    result = finetune(recipe, seeds=seeds)
+    result = finetune(recipe_for(name, model_dir, out, smoke), seeds=seeds)
     metrics = dict(result.metrics)
     if name == "conll2003":
         metrics.update({f"test_{k}": v for k, v in evaluate_split(name, result.model_dir, "test").items()})
     metrics["minutes"] = (time.perf_counter() - t0) / 60
     return metrics
+
+
+def smoke_squad(out: Path) -> dict:
+    """Recipe overrides for --smoke: a SQuAD file of the first SMOKE_TRAIN_ARTICLES articles of the dev file and
+    its last article cut to SMOKE_QUESTIONS questions, split by article as the real run is."""
+    from plmkit.tasks import get_task
+
+    source = get_task("squad").find_file(data_root(), "validation")
+    data = json.loads(source.read_text(encoding="utf-8"))
+    last = data["data"][-1]
+    paragraphs, left = [], SMOKE_QUESTIONS
+    for paragraph in last["paragraphs"]:
+        if left <= 0:
+            break
+        paragraphs.append({**paragraph, "qas": paragraph["qas"][:left]})
+        left -= len(paragraphs[-1]["qas"])
+    data["data"] = data["data"][:SMOKE_TRAIN_ARTICLES] + [{**last, "paragraphs": paragraphs}]
+    path = out / "squad-smoke" / "dev-v1.1.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data), encoding="utf-8")
+    return {"task": {"train_articles": SMOKE_TRAIN_ARTICLES}, "data": {"data_dir": str(path)},
+            "train": {"max_steps": SMOKE_STEPS, "batch_size": SMOKE_BATCH}}
+
+
+def hf_squad(model_dir: Path, out: Path, seeds: list[int], smoke: dict | None = None) -> dict:
+    """The SQuAD recipe of `TASKS` (or --smoke's) fine-tuned with `transformers` instead: AutoModelForQuestionAnswering
+    and the Trainer with plmkit's optimisation settings (TRAIN_DEFAULTS + the recipe, through TrainConfig: AdamW,
+    weight decay on matrices only, linear warm-up and decay, gradient clipping, batches grouped by length), on the
+    examples plmkit's task reads for the same split, with run_qa.py's preprocessing and postprocessing
+    (`hf_qa_datasets`, `hf_qa_predictions`), scored by plmkit's SQuAD v1.1 EM/F1. With several seeds, the median
+    F1 (and the other metrics of the run nearest to it), as `finetune` reports plmkit's."""
+    import torch
+    from datasets import disable_progress_bars
+    from transformers import (
+        AutoModelForQuestionAnswering,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+        set_seed,
+    )
+
+    from plmkit.evaluation.squad import squad_scores
+    from plmkit.tasks import get_task
+    from plmkit.training.config import TrainConfig, dataclass_from_dict
+    from plmkit.training.finetune import TRAIN_DEFAULTS, FinetuneData
+
+    t0 = time.perf_counter()
+    disable_progress_bars()
+    recipe = recipe_for("squad", model_dir, out, smoke)
+    task = get_task("squad", **{k: v for k, v in recipe["task"].items() if k != "name"})
+    data = dataclass_from_dict(FinetuneData, recipe["data"], "data")
+    cfg = dataclass_from_dict(TrainConfig, {**TRAIN_DEFAULTS, **recipe["train"]}, "train")  # as finetune's
+    train_examples = task.read(data.data_dir, data.train_split)
+    if data.max_train_examples:
+        train_examples = train_examples[:data.max_train_examples]
+    eval_examples = task.read(data.data_dir, data.eval_split)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    train_ds, eval_raw, eval_features = hf_qa_datasets(tokenizer, train_examples, eval_examples,
+                                                       data.max_length or 384, data.doc_stride or task.doc_stride)
+    eval_ds = eval_features.remove_columns(["example_id", "offset_mapping"])
+    # plmkit's step count (finetune): epochs x batches per epoch, unless the recipe fixes max_steps
+    max_steps = recipe["train"].get("max_steps")
+    total_steps = max_steps or max(1, round(data.epochs * math.ceil(len(train_ds) / cfg.batch_size)))
+    warmup = cfg.warmup_steps or round(cfg.warmup_ratio * total_steps)  # TrainConfig.warmup
+    cuda = torch.cuda.is_available()  # the device plmkit's impl.device=auto picks
+    references = {str(i): [a.text for a in e.answers] for i, e in enumerate(eval_examples)}
+
+    runs = []
+    for seed in seeds:
+        set_seed(seed)  # before the model, as run_qa.py: seeds the new qa_outputs layer
+        model = AutoModelForQuestionAnswering.from_pretrained(model_dir)
+        args = TrainingArguments(
+            output_dir=str(out / "squad-transformers" / f"seed-{seed}"), seed=seed,
+            num_train_epochs=data.epochs, max_steps=max_steps or -1,
+            per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=data.eval_batch_size,
+            learning_rate=cfg.lr, weight_decay=cfg.weight_decay, adam_beta1=cfg.adam_beta1,
+            adam_beta2=cfg.adam_beta2, adam_epsilon=cfg.adam_eps, max_grad_norm=cfg.clip_grad_norm or 0.0,
+            lr_scheduler_type=cfg.schedule, warmup_steps=warmup, optim="adamw_torch_fused",
+            train_sampling_strategy="group_by_length" if data.group_by_length else "random",
+            use_cpu=not cuda, dataloader_num_workers=0, dataloader_pin_memory=cuda,
+            report_to=[], save_strategy="no", eval_strategy="no", logging_steps=cfg.log_every, disable_tqdm=True)
+        trainer = Trainer(model=model, args=args, train_dataset=train_ds, processing_class=tokenizer,
+                          data_collator=DataCollatorWithPadding(tokenizer))
+        trainer.train()
+        start_logits, end_logits = trainer.predict(eval_ds).predictions[:2]
+        runs.append(squad_scores(hf_qa_predictions(eval_raw, eval_features, start_logits, end_logits), references))
+        print(f"squad transformers seed {seed}: " + ", ".join(f"{k} {v:.4f}" for k, v in runs[-1].items()),
+              flush=True)
+    median = statistics.median(r["f1"] for r in runs)
+    metrics = dict(min(runs, key=lambda r: abs(r["f1"] - median)))
+    metrics["f1"] = median
+    metrics.update(train_features=len(train_ds), eval_features=len(eval_ds), steps=total_steps,
+                   minutes=(time.perf_counter() - t0) / 60)
+    return metrics
+
+
+def hf_qa_datasets(tokenizer: Any, train_examples: list, eval_examples: list, max_length: int,
+                   doc_stride: int) -> tuple[Any, Any, Any]:
+    """plmkit's QAExamples (ids: their index) as `datasets` in SQuAD's columns, and Hugging Face run_qa.py's
+    prepare_train_features / prepare_validation_features over them (a fast tokenizer's overflowing windows with
+    offset mappings, "only_second" truncation): (train features, raw eval examples, eval features)."""
+    from datasets import Dataset
+
+    pad_on_right = tokenizer.padding_side == "right"
+    context_index = 1 if pad_on_right else 0
+
+    def as_dataset(examples: list) -> Any:
+        return Dataset.from_dict({
+            "id": [str(i) for i in range(len(examples))], "question": [e.question for e in examples],
+            "context": [e.context for e in examples],
+            "answers": [{"text": [a.text for a in e.answers or []], "answer_start": [a.start for a in e.answers or []]}
+                        for e in examples]})
+
+    def tokenize(examples: dict) -> Any:
+        examples["question"] = [q.lstrip() for q in examples["question"]]
+        return tokenizer(examples["question" if pad_on_right else "context"],
+                         examples["context" if pad_on_right else "question"],
+                         truncation="only_second" if pad_on_right else "only_first", max_length=max_length,
+                         stride=doc_stride, return_overflowing_tokens=True, return_offsets_mapping=True,
+                         padding=False)
+
+    def prepare_train_features(examples: dict) -> Any:
+        tokenized = tokenize(examples)
+        sample_mapping = tokenized.pop("overflow_to_sample_mapping")
+        offset_mapping = tokenized.pop("offset_mapping")
+        tokenized["start_positions"], tokenized["end_positions"] = [], []
+        for i, offsets in enumerate(offset_mapping):
+            input_ids = tokenized["input_ids"][i]
+            cls_index = input_ids.index(tokenizer.cls_token_id) if tokenizer.cls_token_id in input_ids else 0
+            sequence_ids = tokenized.sequence_ids(i)
+            answers = examples["answers"][sample_mapping[i]]
+            start = end = cls_index
+            if answers["answer_start"]:
+                start_char = answers["answer_start"][0]
+                end_char = start_char + len(answers["text"][0])
+                token_start = 0
+                while sequence_ids[token_start] != context_index:
+                    token_start += 1
+                token_end = len(input_ids) - 1
+                while sequence_ids[token_end] != context_index:
+                    token_end -= 1
+                if offsets[token_start][0] <= start_char and offsets[token_end][1] >= end_char:
+                    while token_start < len(offsets) and offsets[token_start][0] <= start_char:
+                        token_start += 1
+                    while offsets[token_end][1] >= end_char:
+                        token_end -= 1
+                    start, end = token_start - 1, token_end + 1
+            tokenized["start_positions"].append(start)
+            tokenized["end_positions"].append(end)
+        return tokenized
+
+    def prepare_validation_features(examples: dict) -> Any:
+        tokenized = tokenize(examples)
+        sample_mapping = tokenized.pop("overflow_to_sample_mapping")
+        tokenized["example_id"] = []
+        for i in range(len(tokenized["input_ids"])):
+            sequence_ids = tokenized.sequence_ids(i)
+            tokenized["example_id"].append(examples["id"][sample_mapping[i]])
+            tokenized["offset_mapping"][i] = [o if sequence_ids[k] == context_index else None
+                                              for k, o in enumerate(tokenized["offset_mapping"][i])]
+        return tokenized
+
+    train_raw, eval_raw = as_dataset(train_examples), as_dataset(eval_examples)
+    train_ds = train_raw.map(prepare_train_features, batched=True, remove_columns=train_raw.column_names)
+    eval_features = eval_raw.map(prepare_validation_features, batched=True, remove_columns=eval_raw.column_names)
+    return train_ds, eval_raw, eval_features
+
+
+def hf_qa_predictions(eval_raw: Any, eval_features: Any, start_logits: Any, end_logits: Any, n_best: int = 20,
+                      max_answer_length: int = 30) -> dict[str, str]:
+    """run_qa.py's utils_qa.postprocess_qa_predictions for SQuAD v1 (no null answer), the best answer only: the
+    best-scoring span (start logit + end logit) among each window's n-best start and end tokens that lie in the
+    context, end >= start, at most `max_answer_length` tokens, over all windows of the question. Logits may be
+    padded past a window's length (as Trainer.predict pads them, with -100)."""
+    import numpy as np
+
+    by_example: dict[str, list[int]] = {}
+    for i, example_id in enumerate(eval_features["example_id"]):
+        by_example.setdefault(example_id, []).append(i)
+    offset_mappings = eval_features["offset_mapping"]
+    predictions = {}
+    for example_id, context in zip(eval_raw["id"], eval_raw["context"], strict=True):
+        best_score, best_text = None, ""
+        for f in by_example.get(example_id, []):
+            offsets = offset_mappings[f]
+            starts = np.argsort(start_logits[f])[-1:-n_best - 1:-1].tolist()
+            ends = np.argsort(end_logits[f])[-1:-n_best - 1:-1].tolist()
+            for s in starts:
+                for e in ends:
+                    if (s >= len(offsets) or e >= len(offsets) or offsets[s] is None or len(offsets[s]) < 2
+                            or offsets[e] is None or len(offsets[e]) < 2):
+                        continue
+                    if e < s or e - s + 1 > max_answer_length:
+                        continue
+                    score = start_logits[f][s] + end_logits[f][e]
+                    if best_score is None or score > best_score:
+                        best_score, best_text = score, context[offsets[s][0]:offsets[e][1]]
+        predictions[example_id] = best_text
+    return predictions
 
 
 def evaluate_split(name: str, model_dir: Path, split: str) -> dict:
@@ -81,12 +299,25 @@ def main() -> None:
     parser.add_argument("--seeds", default="0", help="comma-separated; the median is reported")
     parser.add_argument("--out", default="/tmp/plmkit-finetune-quality")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--hf-squad", action=argparse.BooleanOptionalAction, default=True,
+                        help="also fine-tune SQuAD's split with transformers, side by side (default: on)")
+    parser.add_argument("--smoke", action="store_true",
+                        help=f"SQuAD only, tiny: {SMOKE_TRAIN_ARTICLES} training articles, {SMOKE_STEPS} steps of "
+                             f"batch {SMOKE_BATCH}, {SMOKE_QUESTIONS} questions of 1 evaluation article")
     args = parser.parse_args()
     model_dir = offline_model_dir()
     seeds = [int(s) for s in args.seeds.split(",")]
+    out = Path(args.out)
+    names = args.tasks.split(",")
+    if args.smoke:
+        if names != ["squad"]:
+            parser.error("--smoke is for --tasks squad")
+        out = out / "smoke"
+        shutil.rmtree(out, ignore_errors=True)  # a scratch run: plmkit refuses an output_dir with checkpoints
     rows = []
-    for name in args.tasks.split(","):
-        metrics = run_task(name, model_dir, Path(args.out), seeds)
+    for name in names:
+        smoke = smoke_squad(out) if args.smoke else None
+        metrics = run_task(name, model_dir, out, seeds, smoke)
         key, bar = TASKS[name][1]
         value = metrics[key]
         verdict = "" if bar is None else ("meets" if value >= bar else "BELOW") + f" bar {bar}"
@@ -98,6 +329,13 @@ def main() -> None:
             rows.append({"task": "stsb-zero-shot", **zs})
             print(f"stsb zero-shot (cosine of mean-pooled embeddings): spearman {zs['spearman']:.4f}, "
                   f"pearson {zs['pearson']:.4f}", flush=True)
+        if name == "squad" and args.hf_squad:
+            hf = hf_squad(model_dir, out, seeds, smoke)
+            rows.append({"task": "squad-transformers", **hf, "main": key, "bar": bar})
+            print(f"squad      plmkit       f1 {value:.4f}  exact_match {metrics['exact_match']:.4f}  "
+                  f"({metrics['minutes']:.1f} min)\n"
+                  f"squad      transformers f1 {hf['f1']:.4f}  exact_match {hf['exact_match']:.4f}  "
+                  f"({hf['minutes']:.1f} min)  plmkit - transformers: f1 {value - hf['f1']:+.4f}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2), encoding="utf-8")
 
