@@ -11,7 +11,10 @@ Both optimizers are torch AdamW(lr 1e-4, betas (0.9, 0.999), eps 1e-6, weight_de
 on parameters with p.dim() >= 2. plmkit uses the fused kernel; transformers gets what its Trainer uses by default
 with torch >= 2.8, also the fused kernel (`--hf-optimizer default` gives it torch's default implementation instead,
 which is slower on CPU). plmkit's own levers: masked-only decoding (the MLM head scores the ~15% masked positions
-only; the loss is identical), fused AdamW, optionally `--compile` (torch.compile of the encoder).
+only; the loss is identical) with the fused loss (`return_logits=False`: the logits are computed transposed in
+one reused buffer and the gradients come out of the forward pass, as `plmkit.pretrain` trains), the sparse
+gradient of the tied token lookup, the cheaper CPU dropout mask, fused AdamW, optionally `--compile`
+(torch.compile of the encoder).
 
 Model-FLOPs utilisation (MFU) = model FLOPs per second / the machine's fp32 matmul rate, where model FLOPs per step
 = 6 * N * B * T + 12 * L * B * T^2 * C: N the non-embedding parameters (everything but the token, position and
@@ -121,7 +124,8 @@ def main() -> None:
 
     if args.compile:
         ours.encoder.compile()  # in place: parameter names and checkpoints are unchanged
-    ours_step = step_fn(ours, adamw(ours, fused=True), masked_only=not args.full_decoding)
+    ours_step = step_fn(ours, adamw(ours, fused=True), masked_only=not args.full_decoding,
+                        return_logits=args.full_decoding)
     theirs_step = step_fn(theirs, adamw(theirs, fused=True if args.hf_optimizer == "fused" else None))
 
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} threads, "

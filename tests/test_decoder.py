@@ -157,7 +157,7 @@ def test_fused_loss_equals_plain_loss_and_gradients():
     model.zero_grad()
     again = model(ids, labels=labels, return_logits=False)
     again.loss.backward()
-    assert model.lm_head._scratch is not None and again.loss.item() == fused.loss.item()
+    assert model.lm_head._scratch.tensor is not None and again.loss.item() == fused.loss.item()
     for name, p in model.named_parameters():
         torch.testing.assert_close(p.grad, grads[name], atol=1e-6, rtol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
     hidden = torch.randn(2, 5, 8)

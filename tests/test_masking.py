@@ -133,21 +133,27 @@ def test_masked_only_loss_equals_full_loss(cls):
     assert getattr(full, logits).shape == (3, 11, 99) and getattr(fast, logits).shape == (n, 99)
     torch.testing.assert_close(getattr(fast, logits), getattr(full, logits)[labels != IGNORE_INDEX])
     torch.testing.assert_close(fast.loss, full.loss, atol=1e-6, rtol=0)
-    # and the same gradients
-    model.train()  # dropout is 0 in `tiny`, so both passes see the same network
+    no_logits = model(ids, attention_mask, labels=labels, **extra, return_logits=False)
+    assert getattr(no_logits, logits) is None
+    torch.testing.assert_close(no_logits.loss, full.loss, atol=1e-6, rtol=0)
+    # and the same gradients (the fused loss's, including the output bias's, twice: its scratch buffer is reused)
+    model.train()  # dropout is 0 in `tiny`, so every pass sees the same network
     grads = []
-    for masked_only in (False, True):
+    for options in ({}, {"masked_only": True}, {"return_logits": False}, {"return_logits": False}):
         model.zero_grad()
-        model(ids, attention_mask, labels=labels, **extra, masked_only=masked_only).loss.backward()
+        model(ids, attention_mask, labels=labels, **extra, **options).loss.backward()
         grads.append([p.grad.clone() for p in model.parameters()])
-    for a, b in zip(*grads, strict=True):
-        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    for reference, *others in zip(*grads, strict=True):
+        for other in others:
+            torch.testing.assert_close(other, reference, atol=1e-6, rtol=1e-5)
 
 
 def test_masked_only_needs_labels():
     model = tiny(plmkit.BertForMaskedLM)
     with pytest.raises(ValueError, match="needs labels"):
         model(torch.randint(5, 99, (1, 4)), masked_only=True)
+    with pytest.raises(ValueError, match="needs labels"):
+        model(torch.randint(5, 99, (1, 4)), return_logits=False)
 
 
 def test_cpu_dropout_matches_nn_dropout_in_distribution_and_gradient():

@@ -31,7 +31,7 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
-    """mean CE(hidden @ weight.T, targets), with both gradients computed chunk by chunk in the forward pass.
+    """mean CE(hidden @ weight.T + bias, targets), with every gradient computed chunk by chunk in the forward pass.
 
     Each chunk's logits are computed transposed, (V, n) = weight @ hidden_chunk.T, into one reused buffer: with a
     small hidden size (K = C) that product runs about twice as fast on CPU as hidden @ weight.T into a fresh
@@ -40,12 +40,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,  # noqa: ANN001
-                chunk_size: int, buffer: torch.Tensor | None) -> torch.Tensor:
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,  # noqa: ANN001
+                targets: torch.Tensor, chunk_size: int, buffer: torch.Tensor | None) -> torch.Tensor:
         N, V = hidden.shape[0], weight.shape[0]
         n_valid = (targets != IGNORE_INDEX).sum()
         grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         grad_weight = torch.empty_like(weight) if ctx.needs_input_grad[1] else None
+        grad_bias = torch.zeros_like(bias) if bias is not None and ctx.needs_input_grad[2] else None
         total = hidden.new_zeros((), dtype=torch.float32)
         if buffer is None:
             buffer = hidden.new_empty(V * min(chunk_size, N))
@@ -55,7 +56,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
             valid = t != IGNORE_INDEX
             t = t.clamp(min=0)
             cols = torch.arange(n, device=h.device)
-            logits = torch.mm(weight, h.T.contiguous(), out=buffer[:V * n].view(V, n))  # (V, n)
+            out = buffer[:V * n].view(V, n)
+            if bias is None:
+                logits = torch.mm(weight, h.T.contiguous(), out=out)  # (V, n)
+            else:
+                logits = torch.addmm(bias[:, None], weight, h.T.contiguous(), out=out)
             top = logits.amax(dim=0)  # (n,)
             target_logit = logits[t, cols]
             probs = logits.sub_(top).exp_()  # in place: the buffer is the only (V, n) tensor
@@ -74,36 +79,65 @@ class _LinearCrossEntropy(torch.autograd.Function):
                     torch.mm(probs, h_scaled, out=grad_weight)
                 else:
                     grad_weight.addmm_(probs, h_scaled)
+            if grad_bias is not None:
+                grad_bias.addmv_(probs, col_scale)
         # Kept on ctx, not saved for backward: backward hands them over and drops its reference, so autograd can
         # adopt them as .grad instead of copying (V, C) floats.
-        ctx.grads = (grad_hidden, grad_weight)
+        ctx.grads = (grad_hidden, grad_weight, grad_bias)
         return total / n_valid
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):  # noqa: ANN205
-        grad_hidden, grad_weight = ctx.grads
+        grads = ctx.grads
         del ctx.grads
-        if bool(grad_output == 1):  # the usual case (loss.backward()): no pass over the (V, C) gradient
-            return grad_hidden, grad_weight, None, None, None
-        return (grad_hidden * grad_output if grad_hidden is not None else None,
-                grad_weight * grad_output if grad_weight is not None else None, None, None, None)
+        if not bool(grad_output == 1):  # 1 is the usual case (loss.backward()): no pass over the (V, C) gradient
+            grads = tuple(g * grad_output if g is not None else None for g in grads)
+        return (*grads, None, None, None)
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                         bias: torch.Tensor | None = None, chunk_size: int = 512,
+                         buffer: torch.Tensor | None = None) -> torch.Tensor:
+    """hidden (N, C), weight (V, C), bias (V,) or None, targets (N,) -> mean cross-entropy of hidden @ weight.T + bias
+    over the targets that are not -100, `chunk_size` rows at a time, never holding the (N, V) logits.
+
+    With gradients, the gradients of hidden, weight and bias come out of the forward pass (`_LinearCrossEntropy`);
+    `buffer` is optional reusable scratch space of at least V * min(chunk_size, N) elements (same dtype, device)."""
+    if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (hidden, weight, bias)):
+        return _LinearCrossEntropy.apply(hidden, weight, bias, targets, chunk_size, buffer)
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, hidden.shape[0], chunk_size):
+        logits = F.linear(hidden[start:start + chunk_size], weight, bias).float()
+        total += F.cross_entropy(logits, targets[start:start + chunk_size], ignore_index=IGNORE_INDEX,
+                                 reduction="sum")
+    return total / (targets != IGNORE_INDEX).sum()
 
 
 def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
                                chunk_size: int = 512, buffer: torch.Tensor | None = None) -> torch.Tensor:
     """hidden (B, T, C), weight (V, C), labels (B, T) unshifted -> the same loss as `causal_lm_loss` on
-    hidden @ weight.T, computed `chunk_size` positions at a time (`buffer`: optional reusable scratch space of at
-    least V * chunk_size elements, same dtype and device)."""
-    hidden = hidden.reshape(-1, hidden.shape[-1])
-    targets = shift_labels(labels).reshape(-1)
-    if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
-        return _LinearCrossEntropy.apply(hidden, weight, targets, chunk_size, buffer)
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for start in range(0, hidden.shape[0], chunk_size):
-        logits = (hidden[start:start + chunk_size] @ weight.T).float()
-        total += F.cross_entropy(logits, targets[start:start + chunk_size], ignore_index=IGNORE_INDEX,
-                                 reduction="sum")
-    return total / (targets != IGNORE_INDEX).sum()
+    hidden @ weight.T, computed `chunk_size` positions at a time (`linear_cross_entropy`)."""
+    return linear_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), weight, shift_labels(labels).reshape(-1),
+                                chunk_size=chunk_size, buffer=buffer)
+
+
+class ScratchBuffer:
+    """Scratch space a head keeps between training steps for `linear_cross_entropy` (allocated once, then reused;
+    not a parameter or buffer: never saved, and reallocated when the dtype or device changes)."""
+
+    def __init__(self) -> None:
+        self.tensor: torch.Tensor | None = None
+
+    def for_loss(self, hidden: torch.Tensor, vocab_size: int, chunk_size: int, training: bool) -> torch.Tensor | None:
+        """The buffer for one `linear_cross_entropy` call over `hidden` (..., C) while training; None otherwise
+        (evaluation has no gradients to compute and allocates per call)."""
+        if not (training and torch.is_grad_enabled()):
+            return None
+        numel = vocab_size * min(chunk_size, hidden.numel() // hidden.shape[-1])
+        t = self.tensor
+        if t is None or t.numel() < numel or t.dtype != hidden.dtype or t.device != hidden.device:
+            self.tensor = t = hidden.new_empty(numel)
+        return t
 
 
 class LMHead(nn.Module):
@@ -117,7 +151,7 @@ class LMHead(nn.Module):
         # A plain attribute, not a submodule: the embedding is registered (and saved) by its owner.
         self._tied = [tied_embedding] if tied_embedding is not None else None
         self.proj = None if tied_embedding is not None else nn.Linear(hidden_size, vocab_size, bias=False)
-        self._scratch: torch.Tensor | None = None  # the fused loss's (V * chunk) buffer, kept between steps
+        self._scratch = ScratchBuffer()  # the fused loss's (V * chunk) buffer, kept between training steps
 
     @property
     def weight(self) -> torch.Tensor:
@@ -127,16 +161,6 @@ class LMHead(nn.Module):
     def is_tied(self) -> bool:
         return self._tied is not None
 
-    def _scratch_for(self, hidden: torch.Tensor, chunk_size: int) -> torch.Tensor | None:
-        """The fused loss's scratch buffer, kept on the head while training (allocated once, reused every step)."""
-        if not (torch.is_grad_enabled() and self.training):
-            return None
-        n = self.weight.shape[0] * min(chunk_size, hidden.numel() // hidden.shape[-1])
-        s = self._scratch
-        if s is None or s.numel() < n or s.dtype != hidden.dtype or s.device != hidden.device:
-            self._scratch = s = hidden.new_empty(n)
-        return s
-
     def forward(self, hidden: torch.Tensor, labels: torch.Tensor | None = None, return_logits: bool = True,
                 chunk_size: int = 512) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Returns (logits or None, loss or None).
@@ -145,8 +169,8 @@ class LMHead(nn.Module):
         the same value and gradients, in a fraction of the memory. Every position is still scored.
         """
         if labels is not None and not return_logits:
-            return None, fused_linear_cross_entropy(hidden, self.weight, labels, chunk_size,
-                                                    self._scratch_for(hidden, chunk_size))
+            buffer = self._scratch.for_loss(hidden, self.weight.shape[0], chunk_size, self.training)
+            return None, fused_linear_cross_entropy(hidden, self.weight, labels, chunk_size, buffer)
         logits = F.linear(hidden, self.weight)
         loss = causal_lm_loss(logits, labels) if labels is not None else None
         return logits, loss

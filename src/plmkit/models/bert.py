@@ -150,12 +150,14 @@ class BertForMaskedLM(BertPreTrainedModel):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, output_hidden_states: bool = False,
-                output_attentions: bool = False, masked_only: bool = False) -> MaskedLMOutput:
-        """`masked_only=True` (with labels) decodes only the labelled positions: same loss, logits (N, V)."""
+                output_attentions: bool = False, masked_only: bool = False,
+                return_logits: bool = True) -> MaskedLMOutput:
+        """`masked_only=True` (with labels) decodes only the labelled positions: same loss, logits (N, V).
+        `return_logits=False` (with labels) computes that loss without logits (`MaskedLMHead`): training."""
         with self._tied_lookup(labels):
             out, _ = self._encode(input_ids, attention_mask, token_type_ids, position_ids,
                                   output_hidden_states, output_attentions)
-        logits, loss = self.mlm(out.last_hidden_state, labels, masked_only=masked_only)
+        logits, loss = self.mlm(out.last_hidden_state, labels, masked_only=masked_only, return_logits=return_logits)
         return MaskedLMOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
 
 
@@ -197,13 +199,16 @@ class BertForPreTraining(BertPreTrainedModel):
                 token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, next_sentence_label: torch.Tensor | None = None,
                 output_hidden_states: bool = False, output_attentions: bool = False,
-                masked_only: bool = False) -> PreTrainingOutput:
+                masked_only: bool = False, return_logits: bool = True) -> PreTrainingOutput:
         """`masked_only=True` (with labels) decodes only the labelled positions: same losses, prediction_logits
-        (N, V) for the N positions where labels != -100. Pretraining wants it; the default matches transformers."""
+        (N, V) for the N positions where labels != -100. `return_logits=False` (with labels) computes the same
+        masked-LM loss without any prediction logits, faster (`MaskedLMHead`). Pretraining wants both; the
+        defaults match transformers."""
         with self._tied_lookup(labels):
             out, pooled = self._encode(input_ids, attention_mask, token_type_ids, position_ids,
                                        output_hidden_states, output_attentions)
-        logits, mlm_loss = self.mlm(out.last_hidden_state, labels, masked_only=masked_only)
+        logits, mlm_loss = self.mlm(out.last_hidden_state, labels, masked_only=masked_only,
+                                    return_logits=return_logits)
         nsp_logits, nsp_loss = self.nsp(pooled, next_sentence_label)
         loss = mlm_loss + nsp_loss if mlm_loss is not None and nsp_loss is not None else None
         return PreTrainingOutput(loss=loss, prediction_logits=logits, seq_relationship_logits=nsp_logits,

@@ -25,7 +25,8 @@ class Objective(Protocol):
 
 class PretrainingObjective:
     """Masked LM (+ next-sentence prediction when the batch has `next_sentence_label`), decoding only masked
-    positions (the same loss as decoding all of them, a fraction of the work)."""
+    positions with the fused loss and no logits (`return_logits=False`: the same loss as decoding all of them, a
+    fraction of the work)."""
 
     def counts(self, batch: dict[str, torch.Tensor]) -> dict[str, int]:
         counts = {"mlm": int(batch["labels"].ne(IGNORE_INDEX).sum())}
@@ -34,7 +35,7 @@ class PretrainingObjective:
         return counts
 
     def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        out = model(**batch, masked_only=True)
+        out = model(**batch, masked_only=True, return_logits=False)
         losses = {"mlm": out.mlm_loss if hasattr(out, "mlm_loss") else out.loss}
         if "next_sentence_label" in batch:
             losses["nsp"] = out.nsp_loss
