@@ -46,10 +46,13 @@ class CausalSelfAttention(nn.Module):
         B, T, _ = x.shape
         H, KV = self.num_heads, self.num_kv_heads
         qkv = self.qkv_proj(x).view(B, T, H + 2 * KV, self.head_dim).transpose(1, 2)  # (B, H + 2KV, T, D)
-        qk, v = qkv[:, :H + KV], qkv[:, H + KV:]
-        if rope is not None:
-            qk = apply_rotary(qk, *rope)  # Q and K heads in one go
-        q, k = qk.split([H, KV], dim=1)  # (B, H, T, D), (B, KV, T, D)
+        # `split`, not slicing: its backward is one cat of the pieces' gradients, where each slice's backward
+        # zero-fills a whole (B, H + 2KV, T, D) gradient and autograd then adds them (~4% of a small GPT's step).
+        if rope is None:
+            q, k, v = qkv.split([H, KV, KV], dim=1)  # (B, H, T, D), (B, KV, T, D), (B, KV, T, D)
+        else:
+            qk, v = qkv.split([H + KV, KV], dim=1)
+            q, k = apply_rotary(qk, *rope).split([H, KV], dim=1)  # Q and K heads rotated in one go
         if cache is not None:
             k, v = cache.update(self.layer_index, k, v)  # (B, KV, S, D)
         y = F.scaled_dot_product_attention(
