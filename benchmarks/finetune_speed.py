@@ -88,8 +88,11 @@ def run_transformers(model_dir: Path, limit: int | None, out: Path) -> dict:
     model = BertForSequenceClassification.from_pretrained(model_dir, num_labels=2)
     args = TrainingArguments(output_dir=str(out), per_device_train_batch_size=SETTINGS["batch_size"],
                              per_device_eval_batch_size=64, learning_rate=SETTINGS["lr"], num_train_epochs=1,
-                             weight_decay=SETTINGS["weight_decay"], warmup_ratio=SETTINGS["warmup_ratio"],
-                             lr_scheduler_type="linear", seed=SETTINGS["seed"], group_by_length=True,
+                             weight_decay=SETTINGS["weight_decay"],
+                             # transformers 5 has no warmup_ratio: the same count plmkit derives from the ratio
+                             warmup_steps=round(SETTINGS["warmup_ratio"] * -(-len(train) // SETTINGS["batch_size"])),
+                             optim="adamw_torch_fused", adam_epsilon=1e-8, max_grad_norm=1.0,
+                             lr_scheduler_type="linear", seed=SETTINGS["seed"], train_sampling_strategy="group_by_length",
                              save_strategy="no", eval_strategy="no", report_to=[], logging_steps=100,
                              disable_tqdm=True, use_cpu=True, dataloader_num_workers=0)
     trainer = Trainer(model=model, args=args, train_dataset=train, data_collator=DataCollatorWithPadding(tokenizer))
