@@ -55,10 +55,10 @@ def tied_lookup_sparse_grad(embedding: nn.Embedding, enabled: bool) -> Iterator[
     For a token embedding tied to an output head that is in the same loss: the head's gradient of the shared
     weight is dense (V, C) and reaches autograd first, and autograd adds the lookup's few rows to it (a copy of the
     dense gradient plus a scatter, as profiled with torch 2.13). With a dense lookup gradient autograd instead
-    zero-fills a second (V, C) tensor on fresh pages, scatters into it and adds the two: together ~2% of a
-    GPT-2-style small model's CPU training step. The accumulated `.grad` stays dense, so
-    optimizers, clipping and DDP see nothing different. Never enable it when the tied head is not in the loss: the
-    weight's `.grad` would then be sparse, which AdamW refuses. Off under `torch.compile` (it traces a dense
+    zero-fills a second (V, C) tensor on fresh pages, scatters into it and adds the two (a GPT-2-style 4-layer
+    model's CPU step, one side-by-side measurement: 2.58 s dense, 2.46 s sparse). The accumulated `.grad` stays
+    dense, so optimizers, clipping and DDP see nothing different. Never enable it when the tied head is not in the
+    loss: the weight's `.grad` would then be sparse, which AdamW refuses. Off under `torch.compile` (it traces a dense
     lookup).
     """
     if not enabled or torch.compiler.is_compiling():
