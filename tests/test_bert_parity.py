@@ -177,14 +177,20 @@ def test_attentions_match_hf(tmp_path):
     torch.testing.assert_close(mine.last_hidden_state, theirs.last_hidden_state, atol=ATOL, rtol=1e-5)
 
 
+def training_pair(tmp_path, arch: str) -> tuple:
+    """The tiny config with dropout off as transformers `arch` and as plmkit's class of that name, same weights, both
+    in train mode, and inputs for them."""
+    cfg = {**CONFIGS["tiny"], "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    hf = hf_model(arch, cfg, 2, None)
+    hf.save_pretrained(tmp_path)
+    ours = getattr(plmkit, arch).from_pretrained(tmp_path)
+    hf.train(), ours.train()
+    return hf, ours, make_inputs(cfg)
+
+
 def test_training_mode_gradients_match(tmp_path):
     """Backward through the fused QKV equals backward through separate Q, K, V (dropout off)."""
-    cfg = {**CONFIGS["tiny"], "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
-    hf = hf_model("BertForSequenceClassification", cfg, 2, None)
-    hf.save_pretrained(tmp_path)
-    ours = plmkit.BertForSequenceClassification.from_pretrained(tmp_path)
-    hf.train(), ours.train()
-    inputs = make_inputs(cfg)
+    hf, ours, inputs = training_pair(tmp_path, "BertForSequenceClassification")
     labels = torch.tensor([0, 1, 1])
     hf(**inputs, labels=labels).loss.backward()
     ours(**inputs, labels=labels).loss.backward()
@@ -200,12 +206,7 @@ def test_pretraining_gradients_match_with_the_sparse_tied_lookup(tmp_path, maske
     """With MLM labels the tied token lookup's gradient is sparse and autograd adds it into the head's dense one:
     the embedding's .grad is dense and equals transformers'. A batch with no labelled position (NSP alone) keeps
     the dense lookup, so the weight still gets a dense gradient; the embedding module is left as it was."""
-    cfg = {**CONFIGS["tiny"], "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
-    hf = hf_model("BertForPreTraining", cfg, 2, None)
-    hf.save_pretrained(tmp_path)
-    ours = plmkit.BertForPreTraining.from_pretrained(tmp_path)
-    hf.train(), ours.train()
-    inputs = make_inputs(cfg)
+    hf, ours, inputs = training_pair(tmp_path, "BertForPreTraining")
     labels = torch.full_like(inputs["input_ids"], -100)
     labels[0, 1], labels[1, 2], labels[2, 5] = 7, 11, 13
     nsp = torch.tensor([0, 1, 0])
