@@ -49,19 +49,22 @@ class Embeddings(nn.Module):
 
 
 @contextlib.contextmanager
-def tied_lookup_sparse_grad(embedding: nn.Embedding, enabled: bool) -> Iterator[None]:
-    """Within the block, `embedding`'s lookups produce a sparse gradient (only the rows looked up).
+def tied_lookup_sparse_grad(embedding: nn.Embedding, targets: torch.Tensor | None) -> Iterator[None]:
+    """Within the block, `embedding`'s lookups produce a sparse gradient (only the rows looked up), when the output
+    head tied to it is in the loss: `targets` are the labels that head scores (None: no tied head, or no loss),
+    and at least one is not -100 (a batch without a target has no loss term, so no head gradient).
 
-    For a token embedding tied to an output head that is in the same loss: the head's gradient of the shared
-    weight is dense (V, C) and reaches autograd first, and autograd adds the lookup's few rows to it (a copy of the
-    dense gradient plus a scatter, as profiled with torch 2.13). With a dense lookup gradient autograd instead
-    zero-fills a second (V, C) tensor on fresh pages, scatters into it and adds the two (a GPT-2-style 4-layer
-    model's CPU step, one side-by-side measurement: 2.58 s dense, 2.46 s sparse). The accumulated `.grad` stays
-    dense, so optimizers, clipping and DDP see nothing different. Never enable it when the tied head is not in the
-    loss: the weight's `.grad` would then be sparse, which AdamW refuses. Off under `torch.compile` (it traces a dense
-    lookup).
+    The head's gradient of the shared weight is dense (V, C) and reaches autograd first, and autograd adds the
+    lookup's few rows to it (a copy of the dense gradient plus a scatter, as profiled with torch 2.13). With a
+    dense lookup gradient autograd instead zero-fills a second (V, C) tensor on fresh pages, scatters into it and
+    adds the two (a GPT-2-style 4-layer model's CPU step, one side-by-side measurement: 2.58 s dense, 2.46 s
+    sparse). The accumulated `.grad` stays dense, so optimizers, clipping and DDP see nothing different; were the
+    head not in the loss, the weight's `.grad` would be sparse, which AdamW refuses. Off without gradients and
+    under `torch.compile` (it traces a dense lookup).
     """
-    if not enabled or torch.compiler.is_compiling():
+    enabled = targets is not None and torch.is_grad_enabled() and not torch.compiler.is_compiling() \
+        and bool((targets != -100).any())
+    if not enabled:
         yield
         return
     before = embedding.sparse

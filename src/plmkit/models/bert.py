@@ -23,7 +23,6 @@ from plmkit.heads import (
     SpanQAHead,
     TokenClassificationHead,
 )
-from plmkit.heads.mlm import IGNORE_INDEX
 from plmkit.layers.embeddings import tied_lookup_sparse_grad
 from plmkit.models.encoder import Encoder
 from plmkit.outputs import (
@@ -80,13 +79,9 @@ class BertPreTrainedModel(nn.Module):
         return out, pooled
 
     def _tied_lookup(self, labels: torch.Tensor | None) -> contextlib.AbstractContextManager:
-        """Sparse token-lookup gradient while a tied masked-LM head is in the loss (`tied_lookup_sparse_grad`):
-        with labels, at least one labelled position (a micro-batch without one has no MLM term), grad enabled."""
+        """Sparse token-lookup gradient while a tied masked-LM head scores `labels` (`tied_lookup_sparse_grad`)."""
         head = getattr(self, "mlm", None)
-        enabled = head is not None and head.is_tied and labels is not None and torch.is_grad_enabled() \
-            and not torch.compiler.is_compiling() \
-            and bool((labels != IGNORE_INDEX).any())
-        return tied_lookup_sparse_grad(self.encoder.embed.token, enabled)
+        return tied_lookup_sparse_grad(self.encoder.embed.token, labels if head is not None and head.is_tied else None)
 
     @property
     def num_parameters(self) -> int:

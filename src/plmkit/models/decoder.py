@@ -202,11 +202,8 @@ class CausalLM(nn.Module):
         if cache is None and use_cache:
             cache = self.new_cache()
         # With labels and a tied head, the head's dense gradient of the shared matrix takes the lookup's rows.
-        # (Only when some position is a target: a batch without one has no loss term, so no dense head gradient.)
-        sparse = labels is not None and self.lm_head.is_tied and torch.is_grad_enabled() \
-            and not torch.compiler.is_compiling() \
-            and bool((labels[:, 1:] != -100).any())
-        with tied_lookup_sparse_grad(self.decoder.embed.token, sparse):
+        targets = labels[:, 1:] if labels is not None and self.lm_head.is_tied else None
+        with tied_lookup_sparse_grad(self.decoder.embed.token, targets):
             out = self.decoder(input_ids, attention_mask, position_ids, cache, output_hidden_states)
         hidden = out.last_hidden_state
         if logits_to_keep and labels is None:
