@@ -197,8 +197,42 @@ def test_training_mode_gradients_match(tmp_path):
     theirs = hf.bert.encoder.layer[0].attention.self
     grad_q = ours.encoder.layers[0].attn.qkv_proj.weight.grad.chunk(3)[0]
     torch.testing.assert_close(grad_q, theirs.query.weight.grad, atol=ATOL, rtol=1e-4)
+    # The last layer computes [CLS] alone (only the pooler reads it): Q from that row, K and V from every token.
+    last, theirs_last = ours.encoder.layers[-1], hf.bert.encoder.layer[-1]
+    for mine, name in zip(last.attn.qkv_proj.weight.grad.chunk(3), ("query", "key", "value"), strict=True):
+        torch.testing.assert_close(mine, getattr(theirs_last.attention.self, name).weight.grad, atol=ATOL, rtol=1e-4)
+    torch.testing.assert_close(last.mlp.in_proj.weight.grad, theirs_last.intermediate.dense.weight.grad,
+                               atol=ATOL, rtol=1e-4)
     torch.testing.assert_close(ours.encoder.embed.token.weight.grad, hf.bert.embeddings.word_embeddings.weight.grad,
                                atol=ATOL, rtol=1e-4)
+
+
+@pytest.mark.parametrize("norm_position", ["post", "pre"])
+def test_first_token_only_last_layer_equals_the_full_one(norm_position):
+    """Pooled-only heads run the last layer for [CLS] alone: the same logits and gradients as the full last layer
+    (forced here by asking for every hidden state), with and without unpadding, post- and pre-LN; a left-padded
+    batch (position 0 is padding somewhere) takes the full path."""
+    torch.manual_seed(0)
+    config = plmkit.ModelConfig(vocab_size=99, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=37,
+                                hidden_dropout=0.0, attention_dropout=0.0, norm_position=norm_position, num_labels=3)
+    model = plmkit.BertForSequenceClassification(config).train()
+    inputs, labels = make_inputs(CONFIGS["tiny"]), torch.tensor([0, 2, 1])
+    for unpad in (True, False):
+        model.encoder.unpad = unpad
+        first = model(**inputs, labels=labels)
+        first_grads = torch.autograd.grad(first.loss, list(model.parameters()))
+        full = model(**inputs, labels=labels, output_hidden_states=True)
+        full_grads = torch.autograd.grad(full.loss, list(model.parameters()))
+        torch.testing.assert_close(first.logits, full.logits, atol=1e-6, rtol=1e-5)
+        for a, b in zip(first_grads, full_grads, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    out = model.encoder(inputs["input_ids"], inputs["attention_mask"], first_token_only=True)
+    assert out.last_hidden_state.shape == (3, 1, 32)
+    left = {**inputs, "attention_mask": inputs["attention_mask"].flip(1)}
+    model.encoder.unpad = True
+    torch.testing.assert_close(model(**left).logits, model(**left, output_hidden_states=True).logits)
+    with pytest.raises(ValueError, match="first_token_only"):
+        model.encoder(inputs["input_ids"], first_token_only=True, output_attentions=True)
 
 
 @pytest.mark.parametrize("masked_only", [False, True])

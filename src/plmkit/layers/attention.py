@@ -30,33 +30,55 @@ class SelfAttention(nn.Module):
         self.dropout = dropout
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, return_weights: bool = False,
-                packing: Packing | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                packing: Packing | None = None,
+                query_rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x (B, T, C), or (N, C) real tokens with `packing`; attn_mask broadcastable to (B, H, T, T), True where a
         query may attend to a key.
 
         Returns the output shaped as x and, when `return_weights`, the attention probabilities (B, H, T, T).
+        With `query_rows` (B,), one row of x per sequence (e.g. its [CLS] token; rows of x flattened to (-1, C)),
+        only those positions query: keys and values still come from every token, and the output is (B, C).
         """
+        if query_rows is not None:
+            return self._forward_rows(x, attn_mask, return_weights, packing, query_rows)
         qkv = self.qkv_proj(x)
         if packing is not None:
             qkv = packing.unpack(qkv)  # attention mixes positions: it needs the (B, T) layout
         B, T, C3 = qkv.shape
-        C = C3 // 3
         q, k, v = qkv.view(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, D)
-        dropout_p = self.dropout if self.training else 0.0
-        weights = None
-        if return_weights or (dropout_p > 0 and not q.is_cuda):
-            # The explicit form: for attention views, and for attention dropout on CPU, where SDPA would take this
-            # same math path but draw its mask with the slower bernoulli_ (see `layers.dropout`).
-            scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_dim))  # (B, H, T, T)
-            if attn_mask is not None:
-                scores = scores.masked_fill(~attn_mask, torch.finfo(scores.dtype).min)
-            weights = scores.softmax(dim=-1)
-            y = dropout(weights, dropout_p) @ v
-            if not return_weights:
-                weights = None
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)  # (B, H, T, D)
-        y = y.transpose(1, 2).reshape(B, T, C)
+        y, weights = self._attend(q, k, v, attn_mask, return_weights)
+        y = y.transpose(1, 2).reshape(B, T, C3 // 3)
         if packing is not None:
             y = packing.pack(y)
         return self.out_proj(y), weights
+
+    def _forward_rows(self, x: torch.Tensor, attn_mask: torch.Tensor | None, return_weights: bool,
+                      packing: Packing | None, query_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One query per sequence: the Q projection runs on those rows only, K/V on all (split, not sliced, so the
+        backward joins the two weight gradients without zero-filling the whole)."""
+        C = x.shape[-1]
+        w_q, w_kv = self.qkv_proj.weight.split([C, 2 * C])
+        b_q, b_kv = self.qkv_proj.bias.split([C, 2 * C]) if self.qkv_proj.bias is not None else (None, None)
+        kv = F.linear(x, w_kv, b_kv)
+        if packing is not None:
+            kv = packing.unpack(kv)
+        B, T, _ = kv.shape
+        k, v = kv.view(B, T, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # 2 x (B, H, T, D)
+        q = F.linear(x.reshape(-1, C)[query_rows], w_q, b_q).view(B, self.num_heads, 1, self.head_dim)
+        y, weights = self._attend(q, k, v, attn_mask, return_weights)  # (B, H, 1, D)
+        return self.out_proj(y.reshape(B, C)), weights
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None,
+                return_weights: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """softmax(q kᵀ / √d) v with attention dropout in training: (B, H, Tq, D) -> (B, H, Tq, D), and the
+        probabilities when `return_weights`."""
+        dropout_p = self.dropout if self.training else 0.0
+        if return_weights or (dropout_p > 0 and not q.is_cuda):
+            # The explicit form: for attention views, and for attention dropout on CPU, where SDPA would take this
+            # same math path but draw its mask with the slower bernoulli_ (see `layers.dropout`).
+            scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_dim))  # (B, H, Tq, T)
+            if attn_mask is not None:
+                scores = scores.masked_fill(~attn_mask, torch.finfo(scores.dtype).min)
+            weights = scores.softmax(dim=-1)
+            return dropout(weights, dropout_p) @ v, weights if return_weights else None
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p), None

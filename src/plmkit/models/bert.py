@@ -72,9 +72,15 @@ class BertPreTrainedModel(nn.Module):
 
     def _encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                 token_type_ids: torch.Tensor | None, position_ids: torch.Tensor | None,
-                output_hidden_states: bool, output_attentions: bool) -> tuple[EncoderOutput, torch.Tensor | None]:
+                output_hidden_states: bool, output_attentions: bool,
+                pooled_only: bool = False) -> tuple[EncoderOutput, torch.Tensor | None]:
+        """The encoder's output and the pooled [CLS] vector. `pooled_only` (heads that read nothing but the pooled
+        vector): unless every layer's states or attentions are asked for, the last layer computes [CLS] alone and
+        `last_hidden_state` is (B, 1, C)."""
+        first_only = pooled_only and not (output_hidden_states or output_attentions)
         out = self.encoder(input_ids, attention_mask, token_type_ids, position_ids,
-                           output_hidden_states=output_hidden_states, output_attentions=output_attentions)
+                           output_hidden_states=output_hidden_states, output_attentions=output_attentions,
+                           first_token_only=first_only)
         pooled = self.pooler(out.last_hidden_state) if self.pooler is not None else None
         return out, pooled
 
@@ -171,7 +177,7 @@ class BertForNextSentencePrediction(BertPreTrainedModel):
                 labels: torch.Tensor | None = None, output_hidden_states: bool = False,
                 output_attentions: bool = False) -> NextSentencePredictionOutput:
         out, pooled = self._encode(input_ids, attention_mask, token_type_ids, position_ids,
-                                   output_hidden_states, output_attentions)
+                                   output_hidden_states, output_attentions, pooled_only=True)
         logits, loss = self.nsp(pooled, labels)
         return NextSentencePredictionOutput(loss=loss, logits=logits, hidden_states=out.hidden_states,
                                             attentions=out.attentions)
@@ -229,7 +235,7 @@ class BertForSequenceClassification(BertPreTrainedModel):
                 labels: torch.Tensor | None = None, output_hidden_states: bool = False,
                 output_attentions: bool = False) -> SequenceClassifierOutput:
         out, pooled = self._encode(input_ids, attention_mask, token_type_ids, position_ids,
-                                   output_hidden_states, output_attentions)
+                                   output_hidden_states, output_attentions, pooled_only=True)
         logits, loss = self.classifier(pooled, labels)
         return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states,
                                         attentions=out.attentions)

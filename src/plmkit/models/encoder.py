@@ -70,18 +70,29 @@ class Encoder(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
-                output_hidden_states: bool = False, output_attentions: bool = False) -> EncoderOutput:
-        """input_ids (B, T) -> last_hidden_state (B, T, C)."""
+                output_hidden_states: bool = False, output_attentions: bool = False,
+                first_token_only: bool = False) -> EncoderOutput:
+        """input_ids (B, T) -> last_hidden_state (B, T, C).
+
+        `first_token_only`: the caller reads only position 0 of the last layer (a [CLS] pooler); the last layer
+        then computes that position alone, (B, 1, C) (its keys and values still come from every token; with 6
+        layers this skips about a seventh of the work). The values are the same as position 0 of the full output.
+        """
+        if first_token_only and (output_hidden_states or output_attentions):
+            raise ValueError("first_token_only gives the last layer's first position only; it cannot return every "
+                             "layer's hidden states or attentions")
         x = self.embed(input_ids, token_type_ids, position_ids)
         mask = padding_mask(attention_mask)
         packing = Packing.from_mask(attention_mask) if self.unpad and mask is not None else None
+        query_rows = self._first_rows(input_ids, attention_mask, packing) if first_token_only else None
         if packing is not None:
             x = packing.pack(x)  # (N, C)
         unpack = packing.unpack if packing is not None else (lambda t: t)
         hidden_states = [unpack(x)] if output_hidden_states else None
         attentions = [] if output_attentions else None
-        for layer in self.layers:
-            x, weights = layer(x, mask, output_attentions, packing)
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            x, weights = layer(x, mask, output_attentions, packing, query_rows if i == last else None)
             if hidden_states is not None:
                 hidden_states.append(unpack(x))
             if attentions is not None:
@@ -90,6 +101,24 @@ class Encoder(nn.Module):
             x = self.final_norm(x)
             if hidden_states is not None:
                 hidden_states[-1] = unpack(x)
+        if query_rows is not None:
+            return EncoderOutput(last_hidden_state=x.unsqueeze(1))
+        if first_token_only:
+            return EncoderOutput(last_hidden_state=unpack(x)[:, :1])
         return EncoderOutput(last_hidden_state=unpack(x),
                              hidden_states=tuple(hidden_states) if hidden_states is not None else None,
                              attentions=tuple(attentions) if attentions is not None else None)
+
+    @staticmethod
+    def _first_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                    packing: Packing | None) -> torch.Tensor | None:
+        """The row of each sequence's position 0 in the layers' flattened input: b * T, or with packing the count
+        of real tokens before it. None where position 0 is padding somewhere (left-padded batches: unpadded, that
+        position's output is the zero the full path returns, so the full path runs)."""
+        B, T = input_ids.shape
+        if packing is None:
+            return torch.arange(B, device=input_ids.device) * T
+        if not bool(attention_mask[:, 0].all()):
+            return None
+        lengths = attention_mask.sum(dim=1)
+        return lengths.cumsum(0) - lengths
