@@ -352,3 +352,69 @@ def test_fsdp_without_torchrun_trains_unsharded(tmp_path, caplog):
         trainer = make_trainer(str(tmp_path), max_steps=1, fsdp=True)
     assert "impl.fsdp applies under torchrun" in caplog.text and not trainer.sharded
     assert type(trainer.forward_model).__name__ == "BertForPreTraining"
+
+
+@pytest.mark.parametrize("min_rows", [90, 1])
+def test_kept_lookup_gradient_trains_as_the_dense_one(tmp_path, monkeypatch, min_rows):
+    """The token table's gradient kept between steps (sparse lookups added into it, the written rows zeroed in place,
+    `training.lookup_grads`) trains as autograd's fresh dense one does: the same weights and Adam moments after 4
+    steps with clipping (dropout off). Afterwards the kept buffer is all zeros again. With min_rows 1 the position
+    and segment tables are kept too; their gradients come in dense (the encoder slices those weights), which
+    zeroes the whole buffer."""
+    import plmkit.training.lookup_grads as lookup_grads
+    from plmkit import BertForSequenceClassification, ModelConfig
+    from plmkit.training import SupervisedObjective, Trainer
+
+    g = torch.Generator().manual_seed(0)
+    data = [{"input_ids": torch.randint(1, 99, (int(n),), generator=g), "labels": i % 2}
+            for i, n in enumerate(torch.randint(3, 9, (16,), generator=g))]
+
+    def collate(examples, seeds):
+        T = max(len(e["input_ids"]) for e in examples)
+        ids, mask = torch.zeros(len(examples), T, dtype=torch.long), torch.zeros(len(examples), T, dtype=torch.long)
+        for i, e in enumerate(examples):
+            ids[i, :len(e["input_ids"])], mask[i, :len(e["input_ids"])] = e["input_ids"], 1
+        return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([e["labels"] for e in examples])}
+
+    def run(name: str, min_rows: int) -> Trainer:
+        monkeypatch.setattr(lookup_grads, "MIN_ROWS", min_rows)
+        torch.manual_seed(0)
+        model = BertForSequenceClassification(ModelConfig(
+            vocab_size=99, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=37, hidden_dropout=0.0,
+            attention_dropout=0.0, num_labels=2, max_position_embeddings=64))
+        config = TrainConfig(output_dir=str(tmp_path / name), max_steps=4, batch_size=4, lr=1e-2, clip_grad_norm=0.5,
+                             log_every=1)
+        trainer = Trainer(model, config, train_data=data, collate=collate, objective=SupervisedObjective())
+        trainer.fit()
+        return trainer
+
+    kept, dense = run("kept", min_rows), run("dense", 10**9)
+    tables = [m.num_embeddings for m in kept.lookup_grads.tables]
+    assert tables == ([99] if min_rows == 90 else [99, 64, 2]) and not dense.lookup_grads.tables
+    for a, b in zip(kept.model.parameters(), dense.model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    table = kept.model.encoder.embed.token.weight
+    torch.testing.assert_close(kept.optimizer.state[table]["exp_avg_sq"],
+                               dense.optimizer.state[dense.model.encoder.embed.token.weight]["exp_avg_sq"])
+    assert table.grad is None and not any(b.any() for b in kept.lookup_grads._buffers)
+    assert losses(tmp_path / "kept") == pytest.approx(losses(tmp_path / "dense"), abs=1e-6)
+
+
+@pytest.mark.parametrize("max_norm", [1e-3, 1e3])
+def test_clip_grad_norm_equals_torch(max_norm):
+    """Clipped (norm above max_norm) and unclipped (the scale of 1 skipped), the gradients and the returned norm are
+    torch's."""
+    from plmkit.training.optim import clip_grad_norm
+
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(*shape)) for shape in ((5, 3), (7,), (2,))]
+    for p in params[:2]:
+        p.grad = torch.randn_like(p)
+    copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    for p, c in zip(params, copies, strict=True):
+        c.grad = None if p.grad is None else p.grad.clone()
+    norm = clip_grad_norm(params, max_norm)
+    expected = float(torch.nn.utils.clip_grad_norm_(copies, max_norm))
+    assert norm == pytest.approx(expected)
+    for p, c in zip(params[:2], copies[:2], strict=True):
+        torch.testing.assert_close(p.grad, c.grad, atol=0, rtol=0)

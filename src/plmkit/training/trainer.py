@@ -62,8 +62,9 @@ from plmkit.training.distributed import (
     set_gradient_sync,
     shard_model,
 )
+from plmkit.training.lookup_grads import LookupGrads
 from plmkit.training.objectives import Objective
-from plmkit.training.optim import build_optimizer, lr_at, set_lr
+from plmkit.training.optim import build_optimizer, clip_grad_norm, lr_at, set_lr
 from plmkit.training.tracking import MetricsLog, plot_loss_curve
 
 log = logging.getLogger(__name__)
@@ -123,6 +124,9 @@ class Trainer:
                                     world_size=self.dist.world_size, lengths=lengths)
         self.objective, self.evaluator, self.save_model = objective, evaluator, save_model
         self.optimizer = build_optimizer(self.model, config)
+        # Large token tables keep their gradient between steps (see `training.lookup_grads`); DDP and FSDP reduce
+        # gradients themselves and torch.compile traces the dense lookup, so there it stays off.
+        self.lookup_grads = LookupGrads(self.model, enabled=not self.dist.enabled and not self.impl.compile)
         self.forward_model: nn.Module = self.model
         if self.dist.enabled and not self.sharded:
             ids = [self.dist.local_rank] if self.device.type == "cuda" else None
@@ -212,6 +216,30 @@ class Trainer:
         totals = all_reduce_sum(totals, self.dist).tolist()
         global_counts, tokens = dict(zip(names, totals[:-1], strict=True)), int(totals[-1])
         term_sums = torch.zeros(len(names), dtype=torch.float64)
+        with self.lookup_grads.active():
+            self._forward_backward(micro_batches, local_counts, names, global_counts, term_sums)
+        term_sums = all_reduce_sum(term_sums, self.dist).tolist()
+        lr = lr_at(self._schedule_step(), base_lr=cfg.lr, warmup=cfg.warmup, total=cfg.max_steps, schedule=cfg.schedule,
+                   min_lr_ratio=cfg.min_lr_ratio)
+        set_lr(self.optimizer, lr)
+        grad_norm = None
+        if cfg.clip_grad_norm:
+            grad_norm = self._clip_gradients(cfg.clip_grad_norm)
+        self.optimizer.step()
+        self.lookup_grads.zero_grad(self.optimizer)
+        stats = {"loss": sum(term_sums), "lr": lr, "tokens": tokens}
+        if len(names) > 1 or names != ["loss"]:
+            stats.update({f"{name}_loss": v for name, v in zip(names, term_sums, strict=True)})
+        if grad_norm is not None:
+            stats["grad_norm"] = grad_norm
+        if not math.isfinite(stats["loss"]):
+            raise PlmkitError(f"step {self.step}: the loss is {stats['loss']}; lower train.lr or check the data")
+        return stats
+
+    def _forward_backward(self, micro_batches: list[dict[str, torch.Tensor]], local_counts: list[dict[str, int]],
+                          names: list[str], global_counts: dict[str, float], term_sums: torch.Tensor) -> None:
+        """Forward and backward of each micro-batch, its loss terms weighted by their share of the global counts
+        (`term_sums` gets each term's weighted value)."""
         for i, (batch, counts) in enumerate(zip(micro_batches, local_counts, strict=True)):
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
             with self._gradient_sync(i == len(micro_batches) - 1), self._autocast():
@@ -227,23 +255,12 @@ class Trainer:
                 loss = loss * self.dist.world_size
             if isinstance(loss, torch.Tensor):
                 loss.backward()
-        term_sums = all_reduce_sum(term_sums, self.dist).tolist()
-        lr = lr_at(self._schedule_step(), base_lr=cfg.lr, warmup=cfg.warmup, total=cfg.max_steps, schedule=cfg.schedule,
-                   min_lr_ratio=cfg.min_lr_ratio)
-        set_lr(self.optimizer, lr)
-        grad_norm = None
-        if cfg.clip_grad_norm:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad_norm))
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        stats = {"loss": sum(term_sums), "lr": lr, "tokens": tokens}
-        if len(names) > 1 or names != ["loss"]:
-            stats.update({f"{name}_loss": v for name, v in zip(names, term_sums, strict=True)})
-        if grad_norm is not None:
-            stats["grad_norm"] = grad_norm
-        if not math.isfinite(stats["loss"]):
-            raise PlmkitError(f"step {self.step}: the loss is {stats['loss']}; lower train.lr or check the data")
-        return stats
+
+    def _clip_gradients(self, max_norm: float) -> float:
+        """Clip to total 2-norm `max_norm`; returns the norm. Sharded gradients (DTensors) take torch's own."""
+        if self.sharded:
+            return float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
+        return clip_grad_norm(list(self.model.parameters()), max_norm)
 
     def _schedule_step(self) -> int:
         """The step the schedule is at: the optimizer step, or with `schedule_by_time` the step that the elapsed
