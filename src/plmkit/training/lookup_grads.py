@@ -79,6 +79,12 @@ class LookupGrads:
         else:
             self._whole[table] = True
 
+    def written_rows(self) -> dict[nn.Parameter, torch.Tensor]:
+        """{table weight: the rows its gradient has in this step (unique)}, for the tables whose gradient is zero
+        elsewhere (not those that took a dense gradient)."""
+        return {m.weight: torch.unique(torch.cat(self._rows[i])) for i, m in enumerate(self.tables)
+                if self._rows[i] and not self._whole[i]}
+
     def zero_grad(self, optimizer: torch.optim.Optimizer) -> None:
         """`optimizer.zero_grad(set_to_none=True)`; the tables' gradients are then zeroed in place where they were
         written (all of it after a dense gradient), ready for the next step."""

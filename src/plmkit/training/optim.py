@@ -26,15 +26,26 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
                              betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_eps, fused=fused)
 
 
-def clip_grad_norm(parameters: list[nn.Parameter], max_norm: float) -> float:
+def clip_grad_norm(parameters: list[nn.Parameter], max_norm: float,
+                   rows: dict[nn.Parameter, torch.Tensor] | None = None) -> float:
     """`torch.nn.utils.clip_grad_norm_` (scale every gradient by min(1, max_norm / (norm + 1e-6))) that skips the
     scale when it is exactly 1: that multiply is a pass over every gradient for nothing, a few ms a step on CPU.
-    Returns the total 2-norm as a float (a host sync, which the trainer's log needs anyway)."""
-    params = [p for p in parameters if p.grad is not None]
-    total = torch.nn.utils.get_total_norm([p.grad for p in params])
+    Returns the total 2-norm as a float (a host sync, which the trainer's log needs anyway).
+
+    `rows` {parameter: row indexes, unique}: gradients known to be zero outside those rows (the kept token-table
+    gradients of `training.lookup_grads`); their norm and scale read and write those rows only.
+    """
+    rows = rows or {}
+    params = [p for p in parameters if p.grad is not None and p not in rows]
+    sparse = [(p, r) for p, r in rows.items() if p.grad is not None]
+    parts = [p.grad for p in params] + [p.grad.index_select(0, r) for p, r in sparse]
+    total = torch.nn.utils.get_total_norm(parts)
     norm = float(total)
     if not math.isfinite(norm) or max_norm / (norm + 1e-6) < 1.0:
         torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
+        scale = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+        for (p, r), part in zip(sparse, parts[len(params):], strict=True):
+            p.grad.index_copy_(0, r, part * scale)
     return norm
 
 

@@ -260,7 +260,7 @@ class Trainer:
         """Clip to total 2-norm `max_norm`; returns the norm. Sharded gradients (DTensors) take torch's own."""
         if self.sharded:
             return float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
-        return clip_grad_norm(list(self.model.parameters()), max_norm)
+        return clip_grad_norm(list(self.model.parameters()), max_norm, rows=self.lookup_grads.written_rows())
 
     def _schedule_step(self) -> int:
         """The step the schedule is at: the optimizer step, or with `schedule_by_time` the step that the elapsed
