@@ -93,6 +93,8 @@ class ImplConfig:
     # them with DDP, for a model too big for one device (see training.distributed). No effect in one process.
     fsdp: bool = False
     num_threads: int | None = None
+    # CPU: give freed heap memory back to the OS every N steps (glibc malloc_trim; see training.memory); 0 = never
+    release_memory_every: int = 100
     progress: bool = True
     tensorboard: bool = True
 

@@ -63,6 +63,7 @@ from plmkit.training.distributed import (
     shard_model,
 )
 from plmkit.training.lookup_grads import LookupGrads
+from plmkit.training.memory import release_free_memory
 from plmkit.training.objectives import Objective
 from plmkit.training.optim import build_optimizer, clip_grad_norm, lr_at, set_lr
 from plmkit.training.tracking import MetricsLog, plot_loss_curve
@@ -159,6 +160,9 @@ class Trainer:
             while self.step < cfg.max_steps:
                 stats = self._train_step()
                 self.step += 1
+                if self.device.type == "cpu" and self.impl.release_memory_every and \
+                        self.step % self.impl.release_memory_every == 0:
+                    release_free_memory()
                 self.tokens_seen += stats["tokens"]
                 window_tokens += stats["tokens"]
                 last_loss = stats["loss"]
