@@ -34,7 +34,8 @@ TASKS = {
     "mrpc": ({"data": {"epochs": 5}, "train": {"lr": 5e-5, "batch_size": 16}}, ("f1", 0.87)),
     "cola": ({"data": {"epochs": 5}, "train": {"lr": 5e-5, "batch_size": 32}}, ("mcc", 0.35)),
     "sst2": ({"data": {"epochs": 2}, "train": {"lr": 5e-5, "batch_size": 32}}, ("accuracy", 0.90)),
-    "conll2003": ({"data": {"epochs": 3}, "train": {"lr": 5e-5, "batch_size": 32}}, ("f1", 0.87)),
+    # The bar is on the test set (the model is still chosen on dev, the task's main metric)
+    "conll2003": ({"data": {"epochs": 3}, "train": {"lr": 5e-5, "batch_size": 32}}, ("test_f1", 0.87)),
     "squad": ({"task": {"train_articles": 38}, "data": {"epochs": 2, "max_length": 384, "doc_stride": 128},
                "train": {"lr": 5e-5, "batch_size": 32}}, ("f1", None)),
 }
