@@ -46,9 +46,11 @@ def test_pretrain_finetune_evaluate_predict(tmp_path, capsys):
     assert main(["finetune", "--task", "tsv", "--model", str(pre / "model"), "--data-dir", str(data), "--output",
                  str(ft), "--seeds", "1,2", "task.text_column=sentence", "train.lr=1e-3", "train.batch_size=16",
                  "train.warmup_ratio=0",
-                 "data.epochs=6", "train.eval_every=20", "impl.progress=false", "impl.tensorboard=false"]) == 0
+                 "data.epochs=6", "train.eval_every=epoch", "impl.progress=false", "impl.tensorboard=false"]) == 0
     out = capsys.readouterr().out
     assert "median accuracy over 2 seeds" in out
+    evals = [json.loads(line) for line in (ft / "seed-1" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in evals if r.get("split") == "eval"] == [13, 26, 39, 52, 65, 78]  # 13 steps an epoch
     config = json.loads((ft / "model" / "config.json").read_text())
     assert config["id2label"] == {"0": "neg", "1": "pos"}
     assert main(["evaluate", "--task", "tsv", "--model", str(ft / "model"), "--data-dir", str(data),

@@ -4,8 +4,8 @@
 A recipe has the sections `task` (`name` + the task's options, e.g. SQuAD's `train_articles`), `model` (a model
 directory: plmkit or Hugging Face; or, to train from scratch, `{config: {...}, tokenizer: {vocab_size: ...}}`: a
 tokenizer trained on the task's training texts and a fresh model of that config — sequence-to-sequence tasks),
-`data` (`FinetuneData`), `train` (`TrainConfig`; `epochs` here turns into
-`max_steps`) and `impl`. The command line builds the same mapping from flags:
+`data` (`FinetuneData`), `train` (`TrainConfig`; `epochs` here turns into `max_steps`, and `eval_every: epoch`
+into the steps of one epoch) and `impl`. The command line builds the same mapping from flags:
 
     plmkit finetune --task sst2 --model DIR [--data-dir DIR] [--output DIR] [--seeds 1,2,3] train.lr=3e-5 ...
 """
@@ -133,6 +133,8 @@ def finetune(recipe: dict[str, Any], seeds: list[int] | None = None) -> Finetune
     steps_per_epoch = math.ceil(len(train_features) / train_section["batch_size"])
     if "max_steps" not in (recipe.get("train") or {}):
         train_section["max_steps"] = max(1, round(data.epochs * steps_per_epoch))
+    if train_section.get("eval_every") == "epoch":  # as transformers' eval_strategy="epoch"
+        train_section["eval_every"] = steps_per_epoch
     log.info("task %s: %d training features (%d examples), %d evaluation examples; %d steps", task.name,
              len(train_features), len(train_examples), len(eval_examples), train_section["max_steps"])
     label_key = "start_positions" if task.kind == "question-answering" else "labels"
