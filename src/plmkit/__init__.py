@@ -20,6 +20,7 @@ from plmkit.models import (
     BertForNextSentencePrediction,
     BertForPreTraining,
     BertForQuestionAnswering,
+    BertForSentenceSimilarity,
     BertForSequenceClassification,
     BertForTokenClassification,
     BertModel,
@@ -54,7 +55,8 @@ def from_pretrained(name_or_path: str | Path, **config_overrides) -> BertPreTrai
 
 __all__ = [
     "BPETokenizer", "BertForMaskedLM", "BertForNextSentencePrediction", "BertForPreTraining",
-    "BertForQuestionAnswering", "BertForSequenceClassification", "BertForTokenClassification", "BertModel",
+    "BertForQuestionAnswering", "BertForSentenceSimilarity", "BertForSequenceClassification",
+    "BertForTokenClassification", "BertModel",
     "BertPreTrainedModel", "BertTokenizer", "CausalLM", "DecoderModel", "EncoderDecoderModel", "ModelConfig",
     "PlmkitError", "Seq2SeqLM", "decoder_config", "from_pretrained", "get_task", "load_causal_lm", "load_tokenizer",
     "pipeline", "seq2seq_config",

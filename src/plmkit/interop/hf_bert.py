@@ -78,7 +78,7 @@ def key_map(model: nn.Module, prefix: str | None = None) -> dict[str, tuple[str,
     this model's class has in `transformers` ("" for BertModel, "bert." for the task models)."""
     config: ModelConfig = model.config
     if prefix is None:
-        prefix = "" if type(model).__name__ == "BertModel" else BASE_PREFIX
+        prefix = getattr(type(model), "hf_prefix", BASE_PREFIX)
     out: dict[str, tuple[str, ...]] = {}
     for ours, theirs in BACKBONE_MAP.items():
         theirs = (theirs,) if isinstance(theirs, str) else theirs

@@ -6,6 +6,7 @@ from plmkit.models.bert import (
                                 BertForNextSentencePrediction,
                                 BertForPreTraining,
                                 BertForQuestionAnswering,
+                                BertForSentenceSimilarity,
                                 BertForSequenceClassification,
                                 BertForTokenClassification,
                                 BertModel,
@@ -16,6 +17,6 @@ from plmkit.models.encoder import Encoder
 from plmkit.models.encoder_decoder import EncoderDecoderModel, Seq2SeqLM, seq2seq_config, shift_tokens_right
 
 __all__ = ["MODEL_CLASSES", "BertForMaskedLM", "BertForNextSentencePrediction", "BertForPreTraining",
-           "BertForQuestionAnswering", "BertForSequenceClassification", "BertForTokenClassification", "BertModel",
-           "BertPreTrainedModel", "CausalLM", "DecoderModel", "Encoder", "EncoderDecoderModel", "Seq2SeqLM",
-           "decoder_config", "seq2seq_config", "shift_tokens_right"]
+           "BertForQuestionAnswering", "BertForSentenceSimilarity", "BertForSequenceClassification",
+           "BertForTokenClassification", "BertModel", "BertPreTrainedModel", "CausalLM", "DecoderModel", "Encoder",
+           "EncoderDecoderModel", "Seq2SeqLM", "decoder_config", "seq2seq_config", "shift_tokens_right"]

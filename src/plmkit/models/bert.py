@@ -40,6 +40,7 @@ class BertPreTrainedModel(nn.Module):
     """Base of the task models: config, BERT initialisation, `from_pretrained` / `save_pretrained`."""
 
     hf_architecture: ClassVar[str] = "BertModel"
+    hf_prefix: ClassVar[str] = "bert."  # of the backbone's keys in a checkpoint ("" for transformers' BertModel)
     uses_pooler: ClassVar[bool] = False
     heads: ClassVar[tuple[str, ...]] = ()  # head modules by attribute name, as the interop map names them
 
@@ -122,6 +123,7 @@ class BertModel(BertPreTrainedModel):
     """The bare encoder (+ pooler): hidden states for feature extraction and sentence embeddings."""
 
     hf_architecture = "BertModel"
+    hf_prefix = ""
 
     def __init__(self, config: ModelConfig, add_pooling_layer: bool = True) -> None:
         nn.Module.__init__(self)
@@ -239,6 +241,55 @@ class BertForSequenceClassification(BertPreTrainedModel):
         logits, loss = self.classifier(pooled, labels)
         return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states,
                                         attentions=out.attentions)
+
+
+class BertForSentenceSimilarity(BertPreTrainedModel):
+    """A bi-encoder, as sentence-transformers' mean-pooling SentenceTransformer: each text of a pair is encoded on
+    its own, its real tokens' vectors averaged, and the pair scored by the cosine of the two vectors (`logits`,
+    (B, 1)). With `labels` (target similarities, e.g. STS-B's 0-5 scores divided by 5) the loss is the mean
+    squared error of the cosine (sentence-transformers' CosineSimilarityLoss). Saved as a bare BertModel: what
+    `plmkit.similarity.SentenceEncoder`, sentence-transformers and transformers' AutoModel load for embeddings."""
+
+    hf_architecture = "BertModel"
+    hf_prefix = ""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        self.init_weights()
+
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+              token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T) token ids -> (B, C) mean-pooled sentence vectors (not normalised)."""
+        from plmkit.similarity import mean_pooling
+
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        hidden = self.encoder(input_ids, attention_mask, token_type_ids).last_hidden_state
+        return mean_pooling(hidden, attention_mask)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, pair_input_ids: torch.Tensor | None = None,
+                pair_attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                **unused: Any) -> SequenceClassifierOutput:
+        if pair_input_ids is None:
+            raise ValueError("BertForSentenceSimilarity scores pairs: give pair_input_ids (the second texts)")
+        if pair_attention_mask is None:
+            pair_attention_mask = torch.ones_like(pair_input_ids)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        # Both sides in one pass (one set of larger matmuls): the shorter side padded to the longer's length.
+        length = max(input_ids.shape[1], pair_input_ids.shape[1])
+
+        def padded(x: torch.Tensor, value: int) -> torch.Tensor:
+            return nn.functional.pad(x, (0, length - x.shape[1]), value=value)
+
+        pad_id = self.config.pad_token_id or 0
+        ids = torch.cat([padded(input_ids, pad_id), padded(pair_input_ids, pad_id)])
+        mask = torch.cat([padded(attention_mask, 0), padded(pair_attention_mask, 0)])
+        first, second = self.embed(ids, mask).split(input_ids.shape[0])
+        cosine = nn.functional.cosine_similarity(first, second, dim=-1)
+        loss = nn.functional.mse_loss(cosine, labels.to(cosine.dtype)) if labels is not None else None
+        return SequenceClassifierOutput(loss=loss, logits=cosine.unsqueeze(-1))
 
 
 class BertForTokenClassification(BertPreTrainedModel):

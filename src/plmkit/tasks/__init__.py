@@ -20,6 +20,7 @@ from plmkit.errors import PlmkitError
 from plmkit.tasks.base import Task, default_data_dir
 from plmkit.tasks.classification import ClassificationTask, TextExample
 from plmkit.tasks.question_answering import Answer, QAExample, SquadTask
+from plmkit.tasks.similarity import SentenceSimilarityTask
 from plmkit.tasks.text2text import Text2TextExample, Text2TextTask
 from plmkit.tasks.token_classification import CONLL2003_HUB_TAGS, TokenClassificationTask, TokenExample
 
@@ -41,6 +42,11 @@ def _generic_files(suffix: str) -> dict[str, tuple[str, ...]]:
 
 def _generic(name: str, suffix: str, fmt: str, kind: type) -> Callable[..., Task]:
     return lambda **options: kind(name, format=fmt, files=_generic_files(suffix), **options)
+
+
+def _similarity(**options: Any) -> Task:
+    fmt = options.pop("format", "tsv")
+    return SentenceSimilarityTask("similarity", format=fmt, files=_generic_files(fmt), **options)
 
 
 def _ted(source: str, target: str) -> Callable[..., Task]:
@@ -76,6 +82,11 @@ TASKS: dict[str, Callable[..., Task]] = {
                   metrics=("f1", "accuracy"), hub_columns=("sentence1", "sentence2", "label")),
     "stsb": _glue("stsb", "STS-B", text_column="sentence1", text_pair_column="sentence2", label_column="score",
                   regression=True, metrics=("spearman", "pearson"), hub_columns=("sentence1", "sentence2", "label")),
+    # STS-B as a bi-encoder: each sentence embedded alone, the cosine trained towards score / 5 (sentence-transformers)
+    "stsb-bi": lambda **options: SentenceSimilarityTask("stsb-bi", **{
+        "folder": "glue/STS-B", "files": _TSV, "hub": (GLUE_HUB, "stsb"), "text_column": "sentence1",
+        "text_pair_column": "sentence2", "label_column": "score", "max_score": 5.0,
+        "hub_columns": ("sentence1", "sentence2", "label"), **options}),
     "qnli": _glue("qnli", "QNLI", text_column="question", text_pair_column="sentence", hub_labels=_NLI,
                   hub_columns=("question", "sentence", "label"), positive_label="entailment"),
     "rte": _glue("rte", "RTE", text_column="sentence1", text_pair_column="sentence2", hub_labels=_NLI,
@@ -120,6 +131,8 @@ TASKS: dict[str, Callable[..., Task]] = {
     "csv": _generic("csv", "csv", "csv", ClassificationTask),
     "tsv": _generic("tsv", "tsv", "tsv", ClassificationTask),
     "jsonl": _generic("jsonl", "jsonl", "jsonl", ClassificationTask),
+    # Any file of scored sentence pairs, fine-tuned as a bi-encoder (format=tsv|csv|jsonl, max_score=, columns)
+    "similarity": _similarity,
     "conll": _generic("conll", "txt", "conll", TokenClassificationTask),
     "jsonl-tokens": _generic("jsonl-tokens", "jsonl", "jsonl", TokenClassificationTask),
 }
@@ -139,6 +152,6 @@ def list_tasks() -> list[str]:
     return sorted(TASKS)
 
 
-__all__ = ["TASKS", "Answer", "ClassificationTask", "QAExample", "SquadTask", "Task", "Text2TextExample",
-           "Text2TextTask", "TextExample", "TokenClassificationTask", "TokenExample", "default_data_dir", "get_task",
-           "list_tasks"]
+__all__ = ["TASKS", "Answer", "ClassificationTask", "QAExample", "SentenceSimilarityTask", "SquadTask", "Task",
+           "Text2TextExample", "Text2TextTask", "TextExample", "TokenClassificationTask", "TokenExample",
+           "default_data_dir", "get_task", "list_tasks"]
