@@ -37,7 +37,7 @@ TASKS = {
     # STS-B as a bi-encoder (the checkpoint is a sentence-embedding model): sentence-transformers'
     # training_stsbenchmark.py recipe (CosineSimilarityLoss, batch 16, 4 epochs, lr 2e-5, 10% warm-up)
     "stsb-bi": ({"data": {"epochs": 4}, "train": {"lr": 2e-5, "batch_size": 16}}, ("spearman", 0.86)),
-    "mrpc": ({"data": {"epochs": 5}, "train": {"lr": 5e-5, "batch_size": 16}}, ("f1", 0.87)),
+    "mrpc": ({"data": {"epochs": 3}, "train": {"lr": 5e-5, "batch_size": 16}}, ("f1", 0.87)),
     "cola": ({"data": {"epochs": 5}, "train": {"lr": 5e-5, "batch_size": 32}}, ("mcc", 0.35)),
     "sst2": ({"data": {"epochs": 3}, "train": {"lr": 5e-5, "batch_size": 32}}, ("accuracy", 0.90)),
     # The issue's bar is on the test set (the model is still chosen on dev, the task's main metric)
