@@ -81,7 +81,18 @@ def test_finetune_bad_input(tmp_path, capsys, minilm_dir):
     empty = tmp_path / "empty.txt"
     empty.write_text("", encoding="utf-8")
     assert main(["predict", "--model", str(minilm_dir), "--input", str(empty)]) == 2
-    assert "no prediction head" in capsys.readouterr().err
+    assert "no inputs (the file is empty)" in capsys.readouterr().err
+    # A bare encoder (all-MiniLM-L6-v2 is a sentence-embedding model) scores pairs by cosine; one text is an error.
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text('{"text": "A man plays a guitar.", "text_pair": "Someone is playing the guitar."}\n'
+                     '{"text": "A man plays a guitar.", "text_pair": "The stock market fell today."}\n'
+                     "just one sentence\n", encoding="utf-8")
+    assert main(["predict", "--model", str(minilm_dir), "--input", str(pairs)]) == 2
+    assert "pairs.txt:3: a bare encoder (sentence embeddings) scores sentence pairs" in capsys.readouterr().err
+    pairs.write_text("\n".join(pairs.read_text(encoding="utf-8").splitlines()[:2]) + "\n", encoding="utf-8")
+    assert main(["predict", "--model", str(minilm_dir), "--input", str(pairs)]) == 0
+    close, far = (json.loads(line)["prediction"]["score"] for line in capsys.readouterr().out.strip().splitlines())
+    assert close > 0.5 > far
 
 
 def test_length_grouped_batches_hold_similar_lengths():

@@ -3,7 +3,9 @@
 The model's head picks the pipeline: sequence classification (each input a text, or JSON {"text", "text_pair"}),
 token classification (a text; entities with their words and spans), question answering (JSON {"question",
 "context"}), masked LM (a text with [MASK]: fill-mask), encoder-decoder (a text, or JSON {"text"}: the generated
-text; `--num-beams`, `--max-new-tokens`). One JSON object per input line, in order.
+text; `--num-beams`, `--max-new-tokens`), a bare encoder such as a sentence-embedding model or a bi-encoder
+fine-tuned with `stsb-bi`/`similarity` (JSON {"text", "text_pair"}: {"score": the cosine of their mean-pooled
+embeddings}). One JSON object per input line, in order.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ PIPELINE_BY_ARCHITECTURE = {
     "BertForQuestionAnswering": "question-answering",
     "BertForMaskedLM": "fill-mask",
     "BertForPreTraining": "fill-mask",
+    "BertModel": "sentence-similarity",
 }
 
 
@@ -79,16 +82,24 @@ def _prepare(task: str, item: Any, where: str) -> Any:
         if "text" not in item:
             raise PlmkitError(f"{where}: a JSON input needs a 'text' field")
         if item.get("text_pair") is not None:
-            if task != "text-classification":
+            if task not in ("text-classification", "sentence-similarity"):
                 raise PlmkitError(f"{where}: text pairs need a sequence-classification model")
             return (item["text"], item["text_pair"])
-        return item["text"]
+        item = item["text"]
+    if task == "sentence-similarity":
+        raise PlmkitError(f"{where}: a bare encoder (sentence embeddings) scores sentence pairs: give a JSON line "
+                          "with 'text' and 'text_pair', or use `plmkit search` for one text against many")
     return item
 
 
 def _predict(pipe: Any, task: str, inputs: list[Any]) -> list[Any]:
     if task == "question-answering":
         return [pipe(question=x["question"], context=x["context"]) for x in inputs]
+    if task == "sentence-similarity":  # the cosine of each pair's mean-pooled, normalised embeddings
+        import torch
+
+        first, second = (torch.stack(pipe.embed([pair[i] for pair in inputs], "mean", True)) for i in (0, 1))
+        return [{"score": float(s)} for s in (first * second).sum(-1)]
     paired = [isinstance(x, tuple) for x in inputs]
     if any(paired) and not all(paired):  # a pipeline call takes texts or pairs, not both
         return [_predict(pipe, task, [x])[0] for x in inputs]
