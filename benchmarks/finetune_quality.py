@@ -100,6 +100,35 @@ def smoke_squad(out: Path) -> dict:
             "train": {"max_steps": SMOKE_STEPS, "batch_size": SMOKE_BATCH}}
 
 
+def hf_recipe(name: str, model_dir: Path, out: Path, smoke: dict | None = None) -> tuple[dict, Any, Any, Any]:
+    """A task's recipe of `TASKS` as the `transformers` runs read it: (recipe, task, FinetuneData, TrainConfig with
+    finetune's defaults)."""
+    from plmkit.tasks import get_task
+    from plmkit.training.config import TrainConfig, dataclass_from_dict
+    from plmkit.training.finetune import TRAIN_DEFAULTS, FinetuneData
+
+    recipe = recipe_for(name, model_dir, out, smoke)
+    task = get_task(name, **{k: v for k, v in recipe["task"].items() if k != "name"})
+    data = dataclass_from_dict(FinetuneData, recipe["data"], "data")
+    train = {k: v for k, v in {**TRAIN_DEFAULTS, **recipe["train"]}.items() if k != "eval_every"}
+    return recipe, task, data, dataclass_from_dict(TrainConfig, train, "train")
+
+
+def hf_training_settings(cfg: Any, data: Any) -> dict:
+    """TrainingArguments for plmkit's optimisation settings: AdamW (fused), weight decay, betas, eps, clipping, the
+    schedule, batches grouped by length, batch sizes; the CPU unless CUDA is there (what impl.device=auto picks)."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    return dict(per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=data.eval_batch_size,
+                learning_rate=cfg.lr, weight_decay=cfg.weight_decay, adam_beta1=cfg.adam_beta1,
+                adam_beta2=cfg.adam_beta2, adam_epsilon=cfg.adam_eps, max_grad_norm=cfg.clip_grad_norm or 0.0,
+                lr_scheduler_type=cfg.schedule, optim="adamw_torch_fused",
+                train_sampling_strategy="group_by_length" if data.group_by_length else "random",
+                use_cpu=not cuda, dataloader_num_workers=0, dataloader_pin_memory=cuda, report_to=[],
+                logging_steps=cfg.log_every, disable_tqdm=True)
+
+
 def hf_squad(model_dir: Path, out: Path, seeds: list[int], smoke: dict | None = None) -> dict:
     """The SQuAD recipe of `TASKS` (or --smoke's) fine-tuned with `transformers` instead: AutoModelForQuestionAnswering
     and the Trainer with plmkit's optimisation settings (TRAIN_DEFAULTS + the recipe, through TrainConfig: AdamW,
@@ -107,7 +136,6 @@ def hf_squad(model_dir: Path, out: Path, seeds: list[int], smoke: dict | None = 
     examples plmkit's task reads for the same split, with run_qa.py's preprocessing and postprocessing
     (`hf_qa_datasets`, `hf_qa_predictions`), scored by plmkit's SQuAD v1.1 EM/F1. With several seeds, the median
     F1 (and the other metrics of the run nearest to it), as `finetune` reports plmkit's."""
-    import torch
     from datasets import disable_progress_bars
     from transformers import (
         AutoModelForQuestionAnswering,
@@ -119,16 +147,10 @@ def hf_squad(model_dir: Path, out: Path, seeds: list[int], smoke: dict | None = 
     )
 
     from plmkit.evaluation.squad import squad_scores
-    from plmkit.tasks import get_task
-    from plmkit.training.config import TrainConfig, dataclass_from_dict
-    from plmkit.training.finetune import TRAIN_DEFAULTS, FinetuneData
 
     t0 = time.perf_counter()
     disable_progress_bars()
-    recipe = recipe_for("squad", model_dir, out, smoke)
-    task = get_task("squad", **{k: v for k, v in recipe["task"].items() if k != "name"})
-    data = dataclass_from_dict(FinetuneData, recipe["data"], "data")
-    cfg = dataclass_from_dict(TrainConfig, {**TRAIN_DEFAULTS, **recipe["train"]}, "train")  # as finetune's
+    recipe, task, data, cfg = hf_recipe("squad", model_dir, out, smoke)
     train_examples = task.read(data.data_dir, data.train_split)
     if data.max_train_examples:
         train_examples = train_examples[:data.max_train_examples]
@@ -141,7 +163,6 @@ def hf_squad(model_dir: Path, out: Path, seeds: list[int], smoke: dict | None = 
     max_steps = recipe["train"].get("max_steps")
     total_steps = max_steps or max(1, round(data.epochs * math.ceil(len(train_ds) / cfg.batch_size)))
     warmup = cfg.warmup_steps or round(cfg.warmup_ratio * total_steps)  # TrainConfig.warmup
-    cuda = torch.cuda.is_available()  # the device plmkit's impl.device=auto picks
     references = {str(i): [a.text for a in e.answers] for i, e in enumerate(eval_examples)}
 
     runs = []
@@ -151,13 +172,7 @@ def hf_squad(model_dir: Path, out: Path, seeds: list[int], smoke: dict | None = 
         args = TrainingArguments(
             output_dir=str(out / "squad-transformers" / f"seed-{seed}"), seed=seed,
             num_train_epochs=data.epochs, max_steps=max_steps or -1,
-            per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=data.eval_batch_size,
-            learning_rate=cfg.lr, weight_decay=cfg.weight_decay, adam_beta1=cfg.adam_beta1,
-            adam_beta2=cfg.adam_beta2, adam_epsilon=cfg.adam_eps, max_grad_norm=cfg.clip_grad_norm or 0.0,
-            lr_scheduler_type=cfg.schedule, warmup_steps=warmup, optim="adamw_torch_fused",
-            train_sampling_strategy="group_by_length" if data.group_by_length else "random",
-            use_cpu=not cuda, dataloader_num_workers=0, dataloader_pin_memory=cuda,
-            report_to=[], save_strategy="no", eval_strategy="no", logging_steps=cfg.log_every, disable_tqdm=True)
+            warmup_steps=warmup, save_strategy="no", eval_strategy="no", **hf_training_settings(cfg, data))
         trainer = Trainer(model=model, args=args, train_dataset=train_ds, processing_class=tokenizer,
                           data_collator=DataCollatorWithPadding(tokenizer))
         trainer.train()
@@ -192,16 +207,9 @@ def hf_classification(name: str, model_dir: Path, out: Path, seeds: list[int]) -
     )
 
     from plmkit.evaluation.metrics import CLASSIFICATION_METRICS
-    from plmkit.tasks import get_task
-    from plmkit.training.config import TrainConfig, dataclass_from_dict
-    from plmkit.training.finetune import TRAIN_DEFAULTS, FinetuneData
 
     t0 = time.perf_counter()
-    recipe = recipe_for(name, model_dir, out)
-    task = get_task(name, **{k: v for k, v in recipe["task"].items() if k != "name"})
-    data = dataclass_from_dict(FinetuneData, recipe["data"], "data")
-    train_section = {k: v for k, v in {**TRAIN_DEFAULTS, **recipe["train"]}.items() if k != "eval_every"}
-    cfg = dataclass_from_dict(TrainConfig, train_section, "train")
+    _, task, data, cfg = hf_recipe(name, model_dir, out)
     train_examples = task.read(data.data_dir, data.train_split)
     eval_examples = task.read(data.data_dir, data.eval_split)
     labels = task.label_list(train_examples)
@@ -234,7 +242,6 @@ def hf_classification(name: str, model_dir: Path, out: Path, seeds: list[int]) -
     steps_per_epoch = math.ceil(len(train_ds) / cfg.batch_size)
     total_steps = max(1, round(data.epochs * steps_per_epoch))  # as finetune
     warmup = cfg.warmup_steps or round(cfg.warmup_ratio * total_steps)
-    cuda = torch.cuda.is_available()
     key = task.main_metric
     runs = []
     for seed in seeds:
@@ -244,15 +251,9 @@ def hf_classification(name: str, model_dir: Path, out: Path, seeds: list[int]) -
             problem_type="regression" if task.regression else "single_label_classification")
         args = TrainingArguments(
             output_dir=str(out / f"{name}-transformers" / f"seed-{seed}"), seed=seed, max_steps=total_steps,
-            per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=data.eval_batch_size,
-            learning_rate=cfg.lr, weight_decay=cfg.weight_decay, adam_beta1=cfg.adam_beta1,
-            adam_beta2=cfg.adam_beta2, adam_epsilon=cfg.adam_eps, max_grad_norm=cfg.clip_grad_norm or 0.0,
-            lr_scheduler_type=cfg.schedule, warmup_steps=warmup, optim="adamw_torch_fused",
-            train_sampling_strategy="group_by_length" if data.group_by_length else "random",
-            eval_strategy="steps", eval_steps=steps_per_epoch, save_strategy="steps", save_steps=steps_per_epoch,
-            load_best_model_at_end=True, metric_for_best_model=key, greater_is_better=True, save_total_limit=1,
-            save_only_model=True, use_cpu=not cuda, dataloader_num_workers=0, dataloader_pin_memory=cuda,
-            report_to=[], logging_steps=cfg.log_every, disable_tqdm=True)
+            warmup_steps=warmup, eval_strategy="steps", eval_steps=steps_per_epoch, save_strategy="steps",
+            save_steps=steps_per_epoch, load_best_model_at_end=True, metric_for_best_model=key,
+            greater_is_better=True, save_total_limit=1, save_only_model=True, **hf_training_settings(cfg, data))
         trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                           processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
                           compute_metrics=compute_metrics)
