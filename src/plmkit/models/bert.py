@@ -269,8 +269,8 @@ class BertForSentenceSimilarity(BertPreTrainedModel):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, pair_input_ids: torch.Tensor | None = None,
-                pair_attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None,
-                **unused: Any) -> SequenceClassifierOutput:
+                pair_attention_mask: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None) -> SequenceClassifierOutput:
         if pair_input_ids is None:
             raise ValueError("BertForSentenceSimilarity scores pairs: give pair_input_ids (the second texts)")
         if pair_attention_mask is None:

@@ -57,6 +57,13 @@ def label_id(label2id: dict[str, int], label: str, where: str) -> int:
         raise PlmkitError(f"{where}: unknown label {label!r}; the model's labels are: {known}") from None
 
 
+def pad_rows(rows: Sequence[Sequence[int]], value: int, length: int | None = None) -> torch.Tensor:
+    """Lists of ids -> a (len(rows), length) long tensor, each row padded on the right with `value` (length:
+    the longest row's by default)."""
+    length = max(len(r) for r in rows) if length is None else length
+    return torch.tensor([list(r) + [value] * (length - len(r)) for r in rows], dtype=torch.long)
+
+
 class Scorer(Protocol):
     """Accumulates what a metric needs, batch by batch (`plmkit.evaluation.evaluate` drives it)."""
 
@@ -175,8 +182,7 @@ class Task:
         pads = {"input_ids": pad_token_id, "attention_mask": 0, "token_type_ids": 0}
         for key in INPUT_KEYS:
             if key in features[0]:
-                batch[key] = torch.tensor([list(f[key]) + [pads[key]] * (length - len(f[key])) for f in features],
-                                          dtype=torch.long)
+                batch[key] = pad_rows([f[key] for f in features], pads[key], length)
         batch.update(self._collate_labels(features, length))
         return batch
 

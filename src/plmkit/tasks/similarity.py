@@ -16,9 +16,8 @@ import torch
 
 from plmkit.errors import PlmkitError
 from plmkit.models.bert import BertForSentenceSimilarity
+from plmkit.tasks.base import pad_rows
 from plmkit.tasks.classification import ClassificationTask, TextExample, as_text_example
-
-PAIR_KEYS = {"pair_input_ids": "input_ids", "pair_attention_mask": "attention_mask"}
 
 
 class SentenceSimilarityTask(ClassificationTask):
@@ -58,12 +57,9 @@ class SentenceSimilarityTask(ClassificationTask):
         return features
 
     def collate(self, features: Sequence[dict[str, Any]], pad_token_id: int = 0) -> dict[str, torch.Tensor]:
-        batch = super().collate(features, pad_token_id)
-        pads = {"pair_input_ids": pad_token_id, "pair_attention_mask": 0}
-        length = max(len(f["pair_input_ids"]) for f in features)
-        for key, pad in pads.items():
-            batch[key] = torch.tensor([list(f[key]) + [pad] * (length - len(f[key])) for f in features],
-                                      dtype=torch.long)
+        batch = super().collate(features, pad_token_id)  # the second texts: padded to their own longest
+        batch["pair_input_ids"] = pad_rows([f["pair_input_ids"] for f in features], pad_token_id)
+        batch["pair_attention_mask"] = pad_rows([f["pair_attention_mask"] for f in features], 0)
         return batch
 
     def predict(self, model: Any, tokenizer: Any, inputs: Sequence[Any], *, batch_size: int = 32,

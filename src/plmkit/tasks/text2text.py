@@ -24,7 +24,7 @@ import torch
 from plmkit.config import ModelConfig
 from plmkit.errors import PlmkitError
 from plmkit.models.encoder_decoder import Seq2SeqLM, eos_terminated, seq2seq_config
-from plmkit.tasks.base import IGNORE_INDEX, Task
+from plmkit.tasks.base import IGNORE_INDEX, Task, pad_rows
 from plmkit.tasks.readers import iter_lines, read_jsonl, read_tsv, record_value
 
 logger = logging.getLogger(__name__)
@@ -207,9 +207,7 @@ class Text2TextTask(Task):
     def _collate_labels(self, features: Sequence[dict[str, Any]], length: int) -> dict[str, torch.Tensor]:
         if not self._labelled(features, "labels"):
             return {}
-        width = max(len(f["labels"]) for f in features)
-        return {"labels": torch.tensor([f["labels"] + [IGNORE_INDEX] * (width - len(f["labels"])) for f in features],
-                                       dtype=torch.long)}
+        return {"labels": pad_rows([f["labels"] for f in features], IGNORE_INDEX)}  # to the longest target
 
     # ------------------------------------------------------------------ model
     def build_model(self, config_or_dir: ModelConfig | str | Path, id2label: Any = None) -> Seq2SeqLM:

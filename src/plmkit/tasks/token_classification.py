@@ -20,7 +20,7 @@ from plmkit.config import ModelConfig
 from plmkit.errors import PlmkitError
 from plmkit.evaluation.metrics import entity_scores
 from plmkit.models.bert import BertForTokenClassification
-from plmkit.tasks.base import IGNORE_INDEX, Task, label_id, model_labels
+from plmkit.tasks.base import IGNORE_INDEX, Task, label_id, model_labels, pad_rows
 from plmkit.tasks.readers import read_conll, read_jsonl, record_value
 
 logger = logging.getLogger(__name__)
@@ -184,8 +184,7 @@ class TokenClassificationTask(Task):
     def _collate_labels(self, features: Sequence[dict[str, Any]], length: int) -> dict[str, torch.Tensor]:
         if not self._labelled(features, "labels"):
             return {}
-        return {"labels": torch.tensor([f["labels"] + [IGNORE_INDEX] * (length - len(f["labels"])) for f in features],
-                                       dtype=torch.long)}
+        return {"labels": pad_rows([f["labels"] for f in features], IGNORE_INDEX, length)}
 
     def model_config(self, config: ModelConfig, id2label: dict[int, str] | None) -> ModelConfig:
         if id2label is None:
