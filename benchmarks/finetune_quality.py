@@ -129,6 +129,28 @@ def hf_training_settings(cfg: Any, data: Any) -> dict:
                 logging_steps=cfg.log_every, disable_tqdm=True)
 
 
+def hf_train_best_epoch(model: Any, run_dir: Path, seed: int, train_ds: Any, eval_ds: Any, tokenizer: Any,
+                        collator: Any, compute_metrics: Any, key: str, cfg: Any, data: Any) -> tuple[Any, list, int]:
+    """Train `model` with the `transformers` Trainer on plmkit's recipe (`hf_training_settings`; finetune's step
+    count and warm-up), evaluating on dev after every epoch and ending with the best epoch's model by `key` loaded
+    (load_best_model_at_end, as plmkit's best checkpoint): (trainer, `key` by epoch, total steps)."""
+    from transformers import Trainer, TrainingArguments
+
+    steps_per_epoch = math.ceil(len(train_ds) / cfg.batch_size)
+    total_steps = max(1, round(data.epochs * steps_per_epoch))  # as finetune
+    warmup = cfg.warmup_steps or round(cfg.warmup_ratio * total_steps)  # TrainConfig.warmup
+    args = TrainingArguments(
+        output_dir=str(run_dir), seed=seed, max_steps=total_steps, warmup_steps=warmup, eval_strategy="steps",
+        eval_steps=steps_per_epoch, save_strategy="steps", save_steps=steps_per_epoch, load_best_model_at_end=True,
+        metric_for_best_model=key, greater_is_better=True, save_total_limit=1, save_only_model=True,
+        **hf_training_settings(cfg, data))
+    trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
+                      data_collator=collator, compute_metrics=compute_metrics)
+    trainer.train()
+    per_epoch = [round(r[f"eval_{key}"], 4) for r in trainer.state.log_history if f"eval_{key}" in r]
+    return trainer, per_epoch, total_steps
+
+
 def hf_squad(model_dir: Path, out: Path, seeds: list[int], smoke: dict | None = None) -> dict:
     """The SQuAD recipe of `TASKS` (or --smoke's) fine-tuned with `transformers` instead: AutoModelForQuestionAnswering
     and the Trainer with plmkit's optimisation settings (TRAIN_DEFAULTS + the recipe, through TrainConfig: AdamW,
@@ -180,9 +202,7 @@ def hf_squad(model_dir: Path, out: Path, seeds: list[int], smoke: dict | None = 
         runs.append(squad_scores(hf_qa_predictions(eval_raw, eval_features, start_logits, end_logits), references))
         print(f"squad transformers seed {seed}: " + ", ".join(f"{k} {v:.4f}" for k, v in runs[-1].items()),
               flush=True)
-    median = statistics.median(r["f1"] for r in runs)
-    metrics = dict(min(runs, key=lambda r: abs(r["f1"] - median)))
-    metrics["f1"] = median
+    metrics = median_run(runs, "f1")
     metrics.update(train_features=len(train_ds), eval_features=len(eval_ds), steps=total_steps,
                    minutes=(time.perf_counter() - t0) / 60)
     return metrics
@@ -196,41 +216,26 @@ def hf_classification(name: str, model_dir: Path, out: Path, seeds: list[int]) -
     dev after every epoch and the best epoch's model kept (load_best_model_at_end, as plmkit's best checkpoint),
     scored by plmkit's metric functions. With several seeds, the median of the main metric, as `finetune`."""
     import numpy as np
-    import torch
-    from transformers import (
-        AutoModelForSequenceClassification,
-        AutoTokenizer,
-        DataCollatorWithPadding,
-        Trainer,
-        TrainingArguments,
-        set_seed,
-    )
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, set_seed
 
     from plmkit.evaluation.metrics import CLASSIFICATION_METRICS
 
     t0 = time.perf_counter()
     _, task, data, cfg = hf_recipe(name, model_dir, out)
-    train_examples = task.read(data.data_dir, data.train_split)
+    train_examples = task.read(data.data_dir, data.train_split)[:data.max_train_examples or None]
     eval_examples = task.read(data.data_dir, data.eval_split)
     labels = task.label_list(train_examples)
     label2id = {label: i for i, label in enumerate(labels)}
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     max_length = data.max_length or 128
 
-    class Rows(torch.utils.data.Dataset):
-        def __init__(self, examples: list) -> None:
-            pairs = [e.text_pair for e in examples] if task.text_pair_column is not None else None
-            enc = tokenizer([e.text for e in examples], pairs, truncation=True, max_length=max_length)
-            gold = [float(e.label) if task.regression else label2id[e.label] for e in examples]
-            self.rows = [{**{k: enc[k][i] for k in enc}, "labels": gold[i]} for i in range(len(examples))]
+    def rows(examples: list) -> list[dict]:
+        pairs = [e.text_pair for e in examples] if task.text_pair_column is not None else None
+        enc = tokenizer([e.text for e in examples], pairs, truncation=True, max_length=max_length)
+        gold = [float(e.label) if task.regression else label2id[e.label] for e in examples]
+        return [{**{k: enc[k][i] for k in enc}, "labels": gold[i]} for i in range(len(examples))]
 
-        def __len__(self) -> int:
-            return len(self.rows)
-
-        def __getitem__(self, i: int) -> dict:
-            return self.rows[i]
-
-    train_ds, eval_ds = Rows(train_examples), Rows(eval_examples)
+    train_ds, eval_ds = rows(train_examples), rows(eval_examples)
     pos_label = labels.index(task.positive_label) if task.positive_label in labels else 1
 
     def compute_metrics(prediction: Any) -> dict:
@@ -239,9 +244,6 @@ def hf_classification(name: str, model_dir: Path, out: Path, seeds: list[int]) -
         return {m: CLASSIFICATION_METRICS[m](preds, gold, **({"pos_label": pos_label} if m == "f1" else {}))
                 for m in task.metrics}
 
-    steps_per_epoch = math.ceil(len(train_ds) / cfg.batch_size)
-    total_steps = max(1, round(data.epochs * steps_per_epoch))  # as finetune
-    warmup = cfg.warmup_steps or round(cfg.warmup_ratio * total_steps)
     key = task.main_metric
     runs = []
     for seed in seeds:
@@ -249,27 +251,93 @@ def hf_classification(name: str, model_dir: Path, out: Path, seeds: list[int]) -
         model = AutoModelForSequenceClassification.from_pretrained(
             model_dir, num_labels=1 if task.regression else len(labels),
             problem_type="regression" if task.regression else "single_label_classification")
-        args = TrainingArguments(
-            output_dir=str(out / f"{name}-transformers" / f"seed-{seed}"), seed=seed, max_steps=total_steps,
-            warmup_steps=warmup, eval_strategy="steps", eval_steps=steps_per_epoch, save_strategy="steps",
-            save_steps=steps_per_epoch, load_best_model_at_end=True, metric_for_best_model=key,
-            greater_is_better=True, save_total_limit=1, save_only_model=True, **hf_training_settings(cfg, data))
-        trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                          processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
-                          compute_metrics=compute_metrics)
-        trainer.train()
-        evals = [{k[5:]: v for k, v in r.items() if k[5:] in task.metrics}
-                 for r in trainer.state.log_history if f"eval_{key}" in r]
-        runs.append({**trainer.evaluate(), "per_epoch": [round(r[key], 4) for r in evals]})
-        runs[-1] = {k.removeprefix("eval_"): v for k, v in runs[-1].items()}
-        print(f"{name} transformers seed {seed}: {key} {runs[-1][key]:.4f}, by epoch {runs[-1]['per_epoch']}",
-              flush=True)
-    median = statistics.median(r[key] for r in runs)
-    metrics = {k: v for k, v in min(runs, key=lambda r: abs(r[key] - median)).items()
-               if k in task.metrics or k in ("loss", "per_epoch")}
-    metrics[key] = median
+        trainer, per_epoch, total_steps = hf_train_best_epoch(
+            model, out / f"{name}-transformers" / f"seed-{seed}", seed, train_ds, eval_ds, tokenizer,
+            DataCollatorWithPadding(tokenizer), compute_metrics, key, cfg, data)
+        runs.append({k.removeprefix("eval_"): v for k, v in trainer.evaluate().items()})
+        runs[-1]["per_epoch"] = per_epoch
+        print(f"{name} transformers seed {seed}: {key} {runs[-1][key]:.4f}, by epoch {per_epoch}", flush=True)
+    metrics = {k: v for k, v in median_run(runs, key).items() if k in task.metrics or k in ("loss", "per_epoch")}
     metrics.update(steps=total_steps, minutes=(time.perf_counter() - t0) / 60)
     return metrics
+
+
+def hf_token_classification(name: str, model_dir: Path, out: Path, seeds: list[int]) -> dict:
+    """A token-classification task's recipe of `TASKS` (CoNLL-2003) fine-tuned with `transformers` instead, to tell
+    a shortfall of plmkit from one of the checkpoint: AutoModelForTokenClassification and the Trainer with plmkit's
+    optimisation settings, on the features plmkit's task makes with the checkpoint's own fast tokenizer (the word's
+    tag on its first sub-token, -100 elsewhere: run_ner.py's default), padded by DataCollatorForTokenClassification;
+    evaluated on dev (seqeval entity F1) after every epoch and the best epoch's model kept. That model is then
+    scored on dev and test by plmkit's own scorer (`TokenScorer`: words mapped back, cut words as "O"), as
+    `evaluate_split` scores plmkit's. With several seeds, the median dev F1, as `finetune`."""
+    import numpy as np
+    import torch
+    from transformers import (
+        AutoModelForTokenClassification,
+        AutoTokenizer,
+        DataCollatorForTokenClassification,
+        set_seed,
+    )
+
+    from plmkit.evaluation.metrics import entity_scores
+    from plmkit.tasks.token_classification import TokenScorer
+
+    t0 = time.perf_counter()
+    _, task, data, cfg = hf_recipe(name, model_dir, out)
+    train_examples = task.read(data.data_dir, data.train_split)[:data.max_train_examples or None]
+    splits = {"dev": task.read(data.data_dir, data.eval_split), "test": task.read(data.data_dir, "test")}
+    labels = task.label_list(train_examples)
+    label2id = {label: i for i, label in enumerate(labels)}
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    max_length = data.max_length or 128
+    model_keys = ("input_ids", "token_type_ids", "attention_mask", "labels")
+
+    def features(examples: list) -> list[dict]:
+        return task.featurize(examples, tokenizer, label2id, max_length=max_length)
+
+    train_ds = [{k: f[k] for k in model_keys if k in f} for f in features(train_examples)]
+    eval_features = {split: features(examples) for split, examples in splits.items()}
+    eval_ds = [{k: f[k] for k in model_keys if k in f} for f in eval_features["dev"]]
+    collator = DataCollatorForTokenClassification(tokenizer)
+
+    def compute_metrics(prediction: Any) -> dict:  # per epoch, on the labelled first sub-tokens
+        preds, gold = np.argmax(prediction.predictions, axis=-1), prediction.label_ids
+        keep = gold != -100
+        return entity_scores([[labels[t] for t in row[k]] for row, k in zip(gold, keep, strict=True)],
+                             [[labels[t] for t in row[k]] for row, k in zip(preds, keep, strict=True)])
+
+    def score(model: Any, split: str) -> dict:  # in file order, words mapped back, by plmkit's scorer
+        scorer = TokenScorer(task, labels, splits[split])
+        model.eval()
+        with torch.no_grad():
+            for i in range(0, len(eval_features[split]), data.eval_batch_size):
+                batch = eval_features[split][i:i + data.eval_batch_size]
+                inputs = collator([{k: f[k] for k in model_keys[:3] if k in f} for f in batch])
+                scorer.update(batch, model(**inputs))
+        return scorer.compute()
+
+    key = task.main_metric
+    runs = []
+    for seed in seeds:
+        set_seed(seed)  # before the model, as run_ner.py: seeds the new classifier
+        model = AutoModelForTokenClassification.from_pretrained(
+            model_dir, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id=label2id)
+        trainer, per_epoch, total_steps = hf_train_best_epoch(
+            model, out / f"{name}-transformers" / f"seed-{seed}", seed, train_ds, eval_ds, tokenizer, collator,
+            compute_metrics, key, cfg, data)
+        runs.append({**score(trainer.model, "dev"), **{f"test_{k}": v for k, v in score(trainer.model, "test").items()},
+                     "per_epoch": per_epoch})
+        print(f"{name} transformers seed {seed}: {key} {runs[-1][key]:.4f}, test_{key} {runs[-1]['test_' + key]:.4f}, "
+              f"by epoch {per_epoch}", flush=True)
+    metrics = median_run(runs, key)
+    metrics.update(steps=total_steps, minutes=(time.perf_counter() - t0) / 60)
+    return metrics
+
+
+def median_run(runs: list[dict], key: str) -> dict:
+    """The run whose `key` is nearest the median over seeds, with `key` the median itself (as `finetune`)."""
+    median = statistics.median(r[key] for r in runs)
+    return {**min(runs, key=lambda r: abs(r[key] - median)), key: median}
 
 
 def hf_qa_datasets(tokenizer: Any, train_examples: list, eval_examples: list, max_length: int,
@@ -409,8 +477,8 @@ def main() -> None:
     parser.add_argument("--hf-squad", action=argparse.BooleanOptionalAction, default=True,
                         help="also fine-tune SQuAD's split with transformers, side by side (default: on)")
     parser.add_argument("--hf-classification", action="store_true",
-                        help="also fine-tune each GLUE classification/regression task with transformers, side by "
-                             "side (doubles the time)")
+                        help="also fine-tune each GLUE classification/regression task and CoNLL-2003 with "
+                             "transformers, side by side (doubles the time)")
     parser.add_argument("--smoke", action="store_true",
                         help=f"SQuAD only, tiny: {SMOKE_TRAIN_ARTICLES} training articles, {SMOKE_STEPS} steps of "
                              f"batch {SMOKE_BATCH}, {SMOKE_QUESTIONS} questions of 1 evaluation article")
@@ -443,6 +511,11 @@ def main() -> None:
             hf = hf_classification(name, model_dir, out, seeds)
             rows.append({"task": f"{name}-transformers", **hf, "main": key, "bar": bar})
             print(f"{name:<10} transformers {key} {hf[key]:.4f}  ({hf['minutes']:.1f} min)  "
+                  f"plmkit - transformers: {value - hf[key]:+.4f}", flush=True)
+        if args.hf_classification and name == "conll2003":
+            hf = hf_token_classification(name, model_dir, out, seeds)
+            rows.append({"task": f"{name}-transformers", **hf, "main": key, "bar": bar})
+            print(f"{name:<10} transformers {key} {hf[key]:.4f}  f1 {hf['f1']:.4f}  ({hf['minutes']:.1f} min)  "
                   f"plmkit - transformers: {value - hf[key]:+.4f}", flush=True)
         if name == "squad" and args.hf_squad:
             hf = hf_squad(model_dir, out, seeds, smoke)
