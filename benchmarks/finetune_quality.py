@@ -8,7 +8,9 @@ people report, next to the bar each must reach.
 Every run is `plmkit.training.finetune.finetune` (what `plmkit finetune` calls) on the full training set with the
 settings below, evaluated on the dev set after every epoch; the best epoch's model by the task's metric is the
 result, as `transformers`' load_best_model_at_end (CoNLL-2003: chosen on dev, scored on the test set as well).
---hf-classification also fine-tunes each GLUE task with `transformers` (`hf_classification`) on the line below.
+--hf-classification also fine-tunes each GLUE task (`hf_classification`) and CoNLL-2003 (`hf_token_classification`)
+with `transformers`, on the line below; --transformers-only runs that side alone (for a task whose plmkit side is
+already measured).
 STS-B is also scored zero-shot (cosine of mean-pooled embeddings, no training). SQuAD: the shared data has only the
 v1.1 dev file (48 articles), so it is split by article: the first 38 train, the last 10 evaluate. The same split is
 also fine-tuned with `transformers` (`hf_squad`: AutoModelForQuestionAnswering and its Trainer, Hugging Face
@@ -47,6 +49,7 @@ TASKS = {
     "squad": ({"task": {"train_articles": 38}, "data": {"epochs": 2, "max_length": 384, "doc_stride": 128},
                "train": {"lr": 5e-5, "batch_size": 32}}, ("f1", None)),
 }
+GLUE_TASKS = ("sst2", "cola", "mrpc", "stsb", "qnli", "rte", "wnli", "mnli", "qqp")
 # --smoke: SQuAD on 2 training articles, SMOKE_STEPS steps of batch SMOKE_BATCH, and the first SMOKE_QUESTIONS
 # questions of the file's last article.
 SMOKE_TRAIN_ARTICLES, SMOKE_QUESTIONS, SMOKE_STEPS, SMOKE_BATCH = 2, 40, 4, 8
@@ -467,6 +470,14 @@ def zero_shot_stsb(model_dir: Path) -> dict:
     return task.zero_shot_evaluate(SentenceEncoder.from_pretrained(model_dir), task.read(data_root(), "validation"))
 
 
+def result_line(name: str, side: str, metrics: dict, key: str, bar: float | None) -> str:
+    """One task's result on one line: the main metric and its verdict against the bar, the minutes, the rest."""
+    verdict = "" if bar is None else ("meets" if metrics[key] >= bar else "BELOW") + f" bar {bar}"
+    rest = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()
+                     if k not in (key, "minutes"))
+    return f"{name:<10} {side:<12} {key} {metrics[key]:.4f} {verdict}  ({metrics['minutes']:.1f} min)  {rest}"
+
+
 def main() -> None:
     from plmkit.interop.hub import offline_model_dir
 
@@ -480,6 +491,9 @@ def main() -> None:
     parser.add_argument("--hf-classification", action="store_true",
                         help="also fine-tune each GLUE classification/regression task and CoNLL-2003 with "
                              "transformers, side by side (doubles the time)")
+    parser.add_argument("--transformers-only", action="store_true",
+                        help="run only the transformers side of each task (SQuAD, GLUE, CoNLL-2003), for a task "
+                             "whose plmkit side is already measured")
     parser.add_argument("--epochs", type=float,
                         help="train each task (both sides, where --hf-* runs one) for this many epochs instead of "
                              "its recipe's")
@@ -500,36 +514,31 @@ def main() -> None:
     for name in names:
         if args.epochs is not None:
             TASKS[name][0].setdefault("data", {})["epochs"] = args.epochs
-        smoke = smoke_squad(out) if args.smoke else None
-        metrics = run_task(name, model_dir, out, seeds, smoke)
         key, bar = TASKS[name][1]
-        value = metrics[key]
-        verdict = "" if bar is None else ("meets" if value >= bar else "BELOW") + f" bar {bar}"
-        rows.append({"task": name, **metrics, "main": key, "bar": bar})
-        print(f"{name:<10} {key} {value:.4f} {verdict}  ({metrics['minutes']:.1f} min)  "
-              + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k not in (key, "minutes")), flush=True)
-        if name == "stsb":
-            zs = zero_shot_stsb(model_dir)
-            rows.append({"task": "stsb-zero-shot", **zs})
-            print(f"stsb zero-shot (cosine of mean-pooled embeddings): spearman {zs['spearman']:.4f}, "
-                  f"pearson {zs['pearson']:.4f}", flush=True)
-        if args.hf_classification and name in ("sst2", "cola", "mrpc", "stsb", "qnli", "rte", "wnli", "mnli", "qqp"):
-            hf = hf_classification(name, model_dir, out, seeds)
-            rows.append({"task": f"{name}-transformers", **hf, "main": key, "bar": bar})
-            print(f"{name:<10} transformers {key} {hf[key]:.4f}  ({hf['minutes']:.1f} min)  "
-                  f"plmkit - transformers: {value - hf[key]:+.4f}", flush=True)
-        if args.hf_classification and name == "conll2003":
-            hf = hf_token_classification(name, model_dir, out, seeds)
-            rows.append({"task": f"{name}-transformers", **hf, "main": key, "bar": bar})
-            print(f"{name:<10} transformers {key} {hf[key]:.4f}  f1 {hf['f1']:.4f}  ({hf['minutes']:.1f} min)  "
-                  f"plmkit - transformers: {value - hf[key]:+.4f}", flush=True)
-        if name == "squad" and args.hf_squad:
+        smoke = smoke_squad(out) if args.smoke else None
+        metrics = None
+        if not args.transformers_only:
+            metrics = run_task(name, model_dir, out, seeds, smoke)
+            rows.append({"task": name, **metrics, "main": key, "bar": bar})
+            print(result_line(name, "plmkit", metrics, key, bar), flush=True)
+            if name == "stsb":
+                zs = zero_shot_stsb(model_dir)
+                rows.append({"task": "stsb-zero-shot", **zs})
+                print(f"stsb zero-shot (cosine of mean-pooled embeddings): spearman {zs['spearman']:.4f}, "
+                      f"pearson {zs['pearson']:.4f}", flush=True)
+        hf = None
+        if name == "squad" and (args.hf_squad or args.transformers_only):
             hf = hf_squad(model_dir, out, seeds, smoke)
-            rows.append({"task": "squad-transformers", **hf, "main": key, "bar": bar})
-            print(f"squad      plmkit       f1 {value:.4f}  exact_match {metrics['exact_match']:.4f}  "
-                  f"({metrics['minutes']:.1f} min)\n"
-                  f"squad      transformers f1 {hf['f1']:.4f}  exact_match {hf['exact_match']:.4f}  "
-                  f"({hf['minutes']:.1f} min)  plmkit - transformers: f1 {value - hf['f1']:+.4f}", flush=True)
+        elif args.hf_classification or args.transformers_only:
+            if name in GLUE_TASKS:
+                hf = hf_classification(name, model_dir, out, seeds)
+            elif name == "conll2003":
+                hf = hf_token_classification(name, model_dir, out, seeds)
+        if hf is not None:
+            rows.append({"task": f"{name}-transformers", **hf, "main": key, "bar": bar})
+            print(result_line(name, "transformers", hf, key, bar)
+                  + ("" if metrics is None else f"  plmkit - transformers: {key} {metrics[key] - hf[key]:+.4f}"),
+                  flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2), encoding="utf-8")
 
