@@ -214,22 +214,28 @@ def hf_squad(model_dir: Path, out: Path, seeds: list[int], smoke: dict | None = 
 
 
 def hf_qa_logits(model: Any, features: Any, collator: Any, batch_size: int) -> tuple[list, list]:
-    """Start and end logits of each window, in the features' order, each cut to its window's length. Not
-    `Trainer.predict`: under transformers 5 with group_by_length its evaluation batches are length-grouped too (a
-    LengthGroupedSampler), so its predictions come back shuffled against the features, and the SQuAD run of
-    2026-11-29 scored F1 4.7 that way."""
+    """Start and end logits of each window, in the features' order, each cut to its window's length."""
+    starts, ends = [], []
+    for rows, out in in_order(model, features, collator, batch_size):
+        for row, start, end in zip(rows, out.start_logits.cpu(), out.end_logits.cpu(), strict=True):
+            starts.append(start[:len(row["input_ids"])].numpy())
+            ends.append(end[:len(row["input_ids"])].numpy())
+    return starts, ends
+
+
+def in_order(model: Any, rows: Any, collator: Any, batch_size: int, keys: tuple[str, ...] | None = None) -> Any:
+    """(batch of `rows`, the model's outputs on it) for each batch in the rows' order, collated from `keys` (default:
+    all). Not `Trainer.predict`: under transformers 5 with group_by_length its evaluation batches are length-grouped
+    too (a LengthGroupedSampler), so its predictions come back shuffled against the rows (the SQuAD run of
+    2026-11-29 scored F1 4.7 that way)."""
     import torch
 
     model.eval()
-    starts, ends = [], []
     with torch.no_grad():
-        for i in range(0, len(features), batch_size):
-            rows = [features[j] for j in range(i, min(i + batch_size, len(features)))]
-            out = model(**{k: v.to(model.device) for k, v in collator(rows).items()})
-            for row, start, end in zip(rows, out.start_logits.cpu(), out.end_logits.cpu(), strict=True):
-                starts.append(start[:len(row["input_ids"])].numpy())
-                ends.append(end[:len(row["input_ids"])].numpy())
-    return starts, ends
+        for i in range(0, len(rows), batch_size):
+            batch = [rows[j] for j in range(i, min(i + batch_size, len(rows)))]
+            inputs = collator([{k: r[k] for k in keys if k in r} if keys else r for r in batch])
+            yield batch, model(**{k: v.to(model.device) for k, v in inputs.items()})
 
 
 def hf_classification(name: str, model_dir: Path, out: Path, seeds: list[int]) -> dict:
@@ -295,7 +301,6 @@ def hf_token_classification(name: str, model_dir: Path, out: Path, seeds: list[i
     scored on dev and test by plmkit's own scorer (`TokenScorer`: words mapped back, cut words as "O"), as
     `evaluate_split` scores plmkit's. With several seeds, the median dev F1, as `finetune`."""
     import numpy as np
-    import torch
     from transformers import (
         AutoModelForTokenClassification,
         AutoTokenizer,
@@ -332,12 +337,8 @@ def hf_token_classification(name: str, model_dir: Path, out: Path, seeds: list[i
 
     def score(model: Any, split: str) -> dict:  # in file order, words mapped back, by plmkit's scorer
         scorer = TokenScorer(task, labels, splits[split])
-        model.eval()
-        with torch.no_grad():
-            for i in range(0, len(eval_features[split]), data.eval_batch_size):
-                batch = eval_features[split][i:i + data.eval_batch_size]
-                inputs = collator([{k: f[k] for k in model_keys[:3] if k in f} for f in batch])
-                scorer.update(batch, model(**inputs))
+        for batch, outputs in in_order(model, eval_features[split], collator, data.eval_batch_size, model_keys[:3]):
+            scorer.update(batch, outputs)
         return scorer.compute()
 
     key = task.main_metric
