@@ -133,6 +133,14 @@ def hf_training_settings(cfg: Any, data: Any) -> dict:
                 logging_steps=cfg.log_every, disable_tqdm=True)
 
 
+def hf_steps(num_rows: int, cfg: Any, data: Any, max_steps: int | None = None) -> tuple[int, int, int]:
+    """(steps per epoch, total steps, warm-up steps) as `finetune` counts them: epochs x batches per epoch unless
+    `max_steps` is fixed, and TrainConfig's warm-up."""
+    steps_per_epoch = math.ceil(num_rows / cfg.batch_size)
+    total_steps = max_steps or max(1, round(data.epochs * steps_per_epoch))
+    return steps_per_epoch, total_steps, cfg.warmup_steps or round(cfg.warmup_ratio * total_steps)
+
+
 def hf_train_best_epoch(model: Any, run_dir: Path, seed: int, train_ds: Any, eval_ds: Any, tokenizer: Any,
                         collator: Any, compute_metrics: Any, key: str, cfg: Any, data: Any) -> tuple[Any, list, int]:
     """Train `model` with the `transformers` Trainer on plmkit's recipe (`hf_training_settings`; finetune's step
@@ -140,9 +148,7 @@ def hf_train_best_epoch(model: Any, run_dir: Path, seed: int, train_ds: Any, eva
     (load_best_model_at_end, as plmkit's best checkpoint): (trainer, `key` by epoch, total steps)."""
     from transformers import Trainer, TrainingArguments
 
-    steps_per_epoch = math.ceil(len(train_ds) / cfg.batch_size)
-    total_steps = max(1, round(data.epochs * steps_per_epoch))  # as finetune
-    warmup = cfg.warmup_steps or round(cfg.warmup_ratio * total_steps)  # TrainConfig.warmup
+    steps_per_epoch, total_steps, warmup = hf_steps(len(train_ds), cfg, data)
     args = TrainingArguments(
         output_dir=str(run_dir), seed=seed, max_steps=total_steps, warmup_steps=warmup, eval_strategy="steps",
         eval_steps=steps_per_epoch, save_strategy="steps", save_steps=steps_per_epoch, load_best_model_at_end=True,
@@ -177,9 +183,7 @@ def hf_squad(model_dir: Path, out: Path, seeds: list[int], smoke: dict | None = 
     t0 = time.perf_counter()
     disable_progress_bars()
     recipe, task, data, cfg = hf_recipe("squad", model_dir, out, smoke)
-    train_examples = task.read(data.data_dir, data.train_split)
-    if data.max_train_examples:
-        train_examples = train_examples[:data.max_train_examples]
+    train_examples = task.read(data.data_dir, data.train_split)[:data.max_train_examples or None]
     eval_examples = task.read(data.data_dir, data.eval_split)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     train_ds, eval_raw, eval_features = hf_qa_datasets(tokenizer, train_examples, eval_examples,
@@ -187,8 +191,7 @@ def hf_squad(model_dir: Path, out: Path, seeds: list[int], smoke: dict | None = 
     eval_ds = eval_features.remove_columns(["example_id", "offset_mapping"])
     # plmkit's step count (finetune): epochs x batches per epoch, unless the recipe fixes max_steps
     max_steps = recipe["train"].get("max_steps")
-    total_steps = max_steps or max(1, round(data.epochs * math.ceil(len(train_ds) / cfg.batch_size)))
-    warmup = cfg.warmup_steps or round(cfg.warmup_ratio * total_steps)  # TrainConfig.warmup
+    _, total_steps, warmup = hf_steps(len(train_ds), cfg, data, max_steps)
     references = {str(i): [a.text for a in e.answers] for i, e in enumerate(eval_examples)}
 
     runs = []
