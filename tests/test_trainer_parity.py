@@ -50,6 +50,7 @@ def test_training_steps_match_the_transformers_trainer(tmp_path):
     # float64: Adam's first steps move each weight by about the learning rate in the sign of its gradient, so in
     # float32 a weight whose gradient is near zero can go either way on rounding alone
     ours, hf = ours.double(), hf.double()
+    start = {name: value.clone() for name, value in hf.state_dict().items()}
     data = qa_features(STEPS * BATCH)
     settings = dict(lr=1e-3, weight_decay=0.1, clip_grad_norm=0.5, adam_eps=1e-8)
     trainer = Trainer(ours, TrainConfig(output_dir=str(tmp_path / "plmkit"), max_steps=STEPS, batch_size=BATCH,
@@ -81,7 +82,6 @@ def test_training_steps_match_the_transformers_trainer(tmp_path):
     ours.save_pretrained(tmp_path / "plmkit-after")  # in transformers' names, through plmkit's interop map
     after = transformers.BertForQuestionAnswering.from_pretrained(tmp_path / "plmkit-after",
                                                                   dtype=torch.float64).state_dict()
-    start = transformers.BertForQuestionAnswering.from_pretrained(tmp_path / "start").state_dict()
     theirs = hf.state_dict()
     for name, value in theirs.items():
         torch.testing.assert_close(after[name], value, atol=1e-10, rtol=1e-9, msg=lambda m, n=name: f"{n}: {m}")
