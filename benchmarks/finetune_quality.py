@@ -44,8 +44,10 @@ TASKS = {
     "cola": ({"data": {"epochs": 5}, "train": {"lr": 5e-5, "batch_size": 32}}, ("mcc", 0.35)),
     # 2 epochs: 0.8991 at the end; 3 epochs scored 0.8945 / 0.8888 / 0.8899 by epoch (RESULTS.md)
     "sst2": ({"data": {"epochs": 2}, "train": {"lr": 5e-5, "batch_size": 32}}, ("accuracy", 0.90)),
-    # The bar is on the test set (the model is still chosen on dev, the task's main metric)
-    "conll2003": ({"data": {"epochs": 3}, "train": {"lr": 5e-5, "batch_size": 32}}, ("test_f1", 0.87)),
+    # The bar is on the test set (the model is still chosen on dev, the task's main metric). The checkpoint
+    # is uncased: case_token_types gives it capitalisation back through token type 1 (test F1 0.859 without it).
+    "conll2003": ({"task": {"case_token_types": True}, "data": {"epochs": 3}, "train": {"lr": 5e-5, "batch_size": 32}},
+                  ("test_f1", 0.87)),
     "squad": ({"task": {"train_articles": 38}, "data": {"epochs": 2, "max_length": 384, "doc_stride": 128},
                "train": {"lr": 5e-5, "batch_size": 32}}, ("f1", None)),
 }

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from plmkit import BertTokenizer, ModelConfig, PlmkitError
+from plmkit import BertModel, BertTokenizer, ModelConfig, PlmkitError
 from plmkit.evaluation import evaluate
 from plmkit.evaluation.metrics import entity_scores
 from plmkit.tasks import TokenExample, get_task
@@ -240,3 +240,80 @@ def test_character_level_prediction_for_chinese(tmp_path: Path) -> None:
     (tmp_path / "test.json").write_text('{"id": 0, "text": "北京"}\n', encoding="utf-8")
     (unlabelled,) = get_task("cluener").read(tmp_path, "test")
     assert unlabelled.tokens == ["北", "京"] and unlabelled.tags is None
+
+
+# ---------------------------------------------------------------------------------------------- case marks
+def test_case_token_types_mark_every_sub_token_of_a_capitalised_word(tok: BertTokenizer) -> None:
+    labels = ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
+    label2id = {label: i for i, label in enumerate(labels)}
+    example = TokenExample(["Johnson", "visited", "WASHINGTON", "in", "may"], ["B-PER", "O", "B-LOC", "O", "O"])
+    (marked,) = get_task("conll", case_token_types=True).featurize([example], tok, label2id)
+    (plain,) = get_task("conll").featurize([example], tok, label2id)
+    assert tok.convert_ids_to_tokens(marked["input_ids"]) == [
+        "[CLS]", "john", "##son", "visited", "wash", "##ing", "##ton", "in", "may", "[SEP]"]
+    assert marked["token_type_ids"] == [0, 1, 1, 0, 1, 1, 1, 0, 0, 0]
+    assert plain["token_type_ids"] == [0] * 10
+    assert {k: v for k, v in marked.items() if k != "token_type_ids"} == {
+        k: v for k, v in plain.items() if k != "token_type_ids"}
+    with pytest.raises(PlmkitError, match="case_token_types must be true or false"):
+        get_task("conll", case_token_types="yes")
+
+
+def test_case_token_types_travel_in_the_config_to_prediction(tok: BertTokenizer, tmp_path: Path) -> None:
+    labels = ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
+    torch.manual_seed(0)
+    model = get_task("conll", case_token_types=True).build_model(tiny_config(tok), labels)
+    assert model.config.case_token_types
+    model.save_pretrained(tmp_path / "marked", tokenizer=tok)
+    assert json.loads((tmp_path / "marked" / "config.json").read_text())["case_token_types"] is True
+    get_task("conll").build_model(tiny_config(tok), labels).save_pretrained(tmp_path / "plain", tokenizer=tok)
+    assert "case_token_types" not in json.loads((tmp_path / "plain" / "config.json").read_text())
+
+    task = get_task("conll")  # not told: the model's config decides
+    loaded = task.build_model(tmp_path / "marked")
+    assert loaded.config.case_token_types and task.case_marks
+    seen = []
+    loaded.register_forward_pre_hook(lambda module, args, kwargs: seen.append(kwargs["token_type_ids"]),
+                                     with_kwargs=True)
+    get_task("conll").predict(loaded, tok, ["Johnson visited Washington", "the city"])
+    assert seen[0].tolist() == [[0, 1, 1, 0, 1, 1, 1, 0], [0, 0, 0, 0, 0, 0, 0, 0]]
+    off = get_task("conll", case_token_types=False)  # an explicit setting wins over the config
+    off.configure(loaded.config)
+    assert not off.case_marks
+
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.AutoModelForTokenClassification.from_pretrained(tmp_path / "marked")
+    assert hf.config.case_token_types is True
+
+
+def test_case_token_types_need_two_token_types(tok: BertTokenizer) -> None:
+    config = ModelConfig(vocab_size=len(tok), hidden_size=32, num_layers=1, num_heads=4, intermediate_size=37,
+                         type_vocab_size=1)
+    with pytest.raises(PlmkitError, match="needs a segment embedding of 2 types.*type_vocab_size=1"):
+        get_task("conll", case_token_types=True).build_model(config, ["O", "B-X", "I-X"])
+
+
+def test_finetune_with_case_token_types_keeps_them_through_evaluate_and_predict(tok: BertTokenizer, tmp_path: Path,
+                                                                               capsys) -> None:
+    from plmkit.cli import main
+
+    rows = ["Johnson B-PER\nvisited O\nUlm B-LOC\n", "the O\ncity O\nin O\nMay O\n", "Washington B-LOC\n"] * 4
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("train.txt", "dev.txt"):
+        (data / name).write_text("\n".join(rows), encoding="utf-8")
+    torch.manual_seed(0)
+    BertModel(tiny_config(tok)).save_pretrained(tmp_path / "base", tokenizer=tok)  # a pretrained encoder
+    out = tmp_path / "ft"
+    assert main(["finetune", "--task", "conll", "--model", str(tmp_path / "base"), "--data-dir", str(data),
+                 "--output", str(out), "task.case_token_types=true", "train.max_steps=2", "train.batch_size=4",
+                 "impl.progress=false", "impl.tensorboard=false"]) == 0
+    assert json.loads((out / "model" / "config.json").read_text())["case_token_types"] is True
+    capsys.readouterr()
+    assert main(["evaluate", "--task", "conll", "--model", str(out / "model"), "--data-dir", str(data)]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["examples"] == 12
+    inputs = tmp_path / "in.txt"
+    inputs.write_text("Johnson visited Ulm\n", encoding="utf-8")
+    assert main(["predict", "--model", str(out / "model"), "--input", str(inputs)]) == 0
+    (line,) = capsys.readouterr().out.strip().splitlines()
+    assert isinstance(json.loads(line)["prediction"], list)  # entities; the marks themselves: the test above

@@ -86,6 +86,9 @@ class ModelConfig:
     embedding_norm: bool = False
     position_offset: int = 0
     logits_bias: bool = False
+    # Token classification from an uncased tokenizer: token type 1 marks words that start with a capital letter
+    # (`task.case_token_types`, tasks/token_classification.py). Saved in config.json only when true.
+    case_token_types: bool = False
     head_dim: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -214,6 +217,8 @@ class ModelConfig:
             ours["num_labels"] = len(ours["id2label"])
         elif "num_labels" in d:
             ours["num_labels"] = d["num_labels"]
+        if d.get("case_token_types"):
+            ours["case_token_types"] = bool(d["case_token_types"])
         return cls.from_dict(ours, source=source)
 
     def to_hf_dict(self, architecture: str) -> dict[str, Any]:
@@ -233,6 +238,8 @@ class ModelConfig:
         id2label = self.id2label or {i: f"LABEL_{i}" for i in range(self.num_labels)}
         d["id2label"] = {str(i): label for i, label in id2label.items()}
         d["label2id"] = {label: i for i, label in id2label.items()}
+        if self.case_token_types:  # not a transformers key: its BertConfig keeps it as an attribute
+            d["case_token_types"] = True
         return d
 
 
@@ -266,6 +273,7 @@ _HF_IGNORED = {
     "bos_token_id", "eos_token_id", "sep_token_id", "decoder_start_token_id", "label2id", "id2label", "num_labels",
     "hidden_act", "output_past", "torchscript", "pruned_heads", "tokenizer_class", "prefix", "task_specific_params",
     "finetuning_task", "cross_attention_hidden_size", "tie_encoder_decoder", "problem_type", "use_return_dict",
+    "case_token_types",
 }
 
 

@@ -4,6 +4,11 @@ Labels live on words; the model sees sub-word tokens. The first sub-token of eac
 every other position (later sub-tokens, [CLS], [SEP], padding) gets -100, which the loss ignores. Predictions come
 back per word (the tag of its first sub-token) and as entity spans with their text. Scores are entity-level
 precision/recall/F1 from seqeval in strict IOB2 mode.
+
+`case_token_types=True` gives an uncased model (e.g. all-MiniLM-L6-v2, whose tokenizer lower-cases) back the one cue
+for names that lower-casing removes: token type 1 marks the sub-tokens of every word that starts with an upper-case
+letter (single-sentence tagging leaves the segment embedding unused otherwise). The setting is stored in the fine-tuned
+model's config (`case_token_types`), so evaluation and prediction mark capitals the same way.
 """
 
 from __future__ import annotations
@@ -75,6 +80,12 @@ def word_predictions(word_ids: Sequence[int | None], token_tags: Sequence[Any], 
     return words
 
 
+def case_types(word_ids: Sequence[int | None], words: Sequence[str]) -> list[int]:
+    """Token type per token: 1 for a sub-token of a word that starts with an upper-case letter, else 0 (special
+    tokens and padding included)."""
+    return [int(w is not None and words[w][:1].isupper()) for w in word_ids]
+
+
 def fill_missing(tags: list[str | None]) -> list[str]:
     """Tags for words the model never saw (truncated, or no sub-token such as a space): "O", or I-X inside an X
     entity so that a space in an entity does not cut it in two."""
@@ -100,7 +111,7 @@ class TokenClassificationTask(Task):
                  tokens_key: str = "tokens", tags_key: str = "tags", char_level: bool = False, joiner: str = " ",
                  metrics: Sequence[str] = ("f1", "precision", "recall", "accuracy"), main_metric: str = "f1",
                  hub_columns: tuple[str, str] = ("tokens", "ner_tags"), hub_tags: Sequence[str] | None = None,
-                 **task_options: Any) -> None:
+                 case_token_types: bool | None = None, **task_options: Any) -> None:
         if format not in FORMATS:
             raise PlmkitError(f"task {name!r}: unknown format {format!r}; choose from: {', '.join(FORMATS)}")
         super().__init__(name, metrics=metrics, main_metric=main_metric, **task_options)
@@ -108,6 +119,11 @@ class TokenClassificationTask(Task):
         self.tokens_key, self.tags_key = tokens_key, tags_key
         self.char_level, self.joiner = char_level or format == "cluener", "" if format == "cluener" else joiner
         self.hub_columns, self.hub_tags = hub_columns, tuple(hub_tags) if hub_tags else None
+        if case_token_types is not None and not isinstance(case_token_types, bool):
+            raise PlmkitError(f"task {name!r}: case_token_types must be true or false, got {case_token_types!r}")
+        # The option as given (None: take the model's); `case_marks` is what featurize and predict apply.
+        self.case_token_types = case_token_types
+        self.case_marks = bool(case_token_types)
 
     # ------------------------------------------------------------------ reading
     def read_file(self, path: Path, split: str = "train") -> list[TokenExample]:
@@ -165,6 +181,8 @@ class TokenClassificationTask(Task):
         for i, example in enumerate(examples):
             word_ids = encoded.word_ids(i)
             feature: dict[str, Any] = {key: encoded[key][i] for key in keys}
+            if self.case_marks:
+                feature["token_type_ids"] = case_types(word_ids, example.tokens)
             if example.tags is not None:
                 if label2id is None:
                     raise PlmkitError(f"task {self.name!r}: featurize needs label2id for tagged examples")
@@ -186,7 +204,19 @@ class TokenClassificationTask(Task):
             return {}
         return {"labels": pad_rows([f["labels"] for f in features], IGNORE_INDEX, length)}
 
+    def configure(self, config: ModelConfig) -> None:
+        """Take the settings a fine-tuned model carries: mark capitals when its config says it was trained so
+        (unless the task was given `case_token_types` itself)."""
+        saved = bool(getattr(config, "case_token_types", False))  # also a transformers config loaded by hand
+        self.case_marks = saved if self.case_token_types is None else self.case_token_types
+        if self.case_marks and config.type_vocab_size < 2:
+            raise PlmkitError(f"task {self.name!r}: case_token_types needs a segment embedding of 2 types; the model "
+                              f"has type_vocab_size={config.type_vocab_size}")
+
     def model_config(self, config: ModelConfig, id2label: dict[int, str] | None) -> ModelConfig:
+        self.configure(config)
+        if self.case_marks != config.case_token_types:
+            config = config.replace(case_token_types=self.case_marks)
         if id2label is None:
             return config
         return config.replace(num_labels=len(id2label), id2label=id2label)
@@ -214,6 +244,7 @@ class TokenClassificationTask(Task):
         plus "char_start" and "char_end" (offsets in the string) when the input is a str."""
         items = [self._as_words(item, tokenizer) for item in inputs]
         labels = model_labels(model)
+        self.configure(model.config)
         results = []
         model.eval()
         with torch.inference_mode():
@@ -221,6 +252,9 @@ class TokenClassificationTask(Task):
                 chunk = items[start:start + batch_size]
                 enc = tokenizer([[w for w, _, _ in words] for words, _ in chunk], is_split_into_words=True,
                                 truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+                if self.case_marks:
+                    enc["token_type_ids"] = torch.tensor([case_types(enc.word_ids(row), [w for w, _, _ in words])
+                                                          for row, (words, _) in enumerate(chunk)])
                 inputs_ = {k: v.to(model.device) for k, v in enc.items()}
                 probs, ids = model(**inputs_).logits.float().softmax(-1).max(-1)  # (B, T) each
                 for row, (words, text) in enumerate(chunk):

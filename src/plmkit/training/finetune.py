@@ -83,6 +83,7 @@ def finetune(recipe: dict[str, Any], seeds: list[int] | None = None) -> Finetune
     from plmkit.data.tokenizer import load_tokenizer
     from plmkit.evaluation import evaluate
     from plmkit.interop import resolve_model_dir
+    from plmkit.interop.checkpoint import read_config
     from plmkit.tasks import get_task
 
     unknown = sorted(set(recipe) - set(SECTIONS))
@@ -123,6 +124,8 @@ def finetune(recipe: dict[str, Any], seeds: list[int] | None = None) -> Finetune
                  len(train_examples))
     else:
         tokenizer = load_tokenizer(model_dir)
+        if task.kind == "token-classification":  # a BERT config whose settings the features follow (case marks)
+            task.configure(read_config(model_dir))
     eval_examples = task.read(data.data_dir, data.eval_split)
     labels = task.label_list(train_examples)
     label2id = {label: i for i, label in enumerate(labels)} if labels else None
