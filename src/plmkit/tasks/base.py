@@ -199,8 +199,9 @@ class Task:
         return count > 0
 
     # ------------------------------------------------------------------ model
-    def configure(self, config: ModelConfig) -> None:
-        """Take task settings that a model's config carries (token classification's `case_token_types`)."""
+    def configure(self, config: ModelConfig | str | Path) -> None:
+        """Take task settings that a model's config (or the config of a model directory) carries: token
+        classification's `case_token_types`. Most tasks have none."""
 
     def model_config(self, config: ModelConfig, id2label: dict[int, str] | None) -> ModelConfig:
         """The config with this task's head settings (labels, problem type)."""

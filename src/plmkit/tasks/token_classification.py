@@ -204,9 +204,13 @@ class TokenClassificationTask(Task):
             return {}
         return {"labels": pad_rows([f["labels"] for f in features], IGNORE_INDEX, length)}
 
-    def configure(self, config: ModelConfig) -> None:
+    def configure(self, config: ModelConfig | str | Path) -> None:
         """Take the settings a fine-tuned model carries: mark capitals when its config says it was trained so
         (unless the task was given `case_token_types` itself)."""
+        if isinstance(config, (str, Path)):
+            from plmkit.interop.checkpoint import read_config
+
+            config = read_config(Path(config))
         saved = bool(getattr(config, "case_token_types", False))  # also a transformers config loaded by hand
         self.case_marks = saved if self.case_token_types is None else self.case_token_types
         if self.case_marks and config.type_vocab_size < 2:
@@ -250,11 +254,12 @@ class TokenClassificationTask(Task):
         with torch.inference_mode():
             for start in range(0, len(items), batch_size):
                 chunk = items[start:start + batch_size]
-                enc = tokenizer([[w for w, _, _ in words] for words, _ in chunk], is_split_into_words=True,
-                                truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+                texts = [[w for w, _, _ in words] for words, _ in chunk]
+                enc = tokenizer(texts, is_split_into_words=True, truncation=True, max_length=max_length,
+                                padding=True, return_tensors="pt")
                 if self.case_marks:
-                    enc["token_type_ids"] = torch.tensor([case_types(enc.word_ids(row), [w for w, _, _ in words])
-                                                          for row, (words, _) in enumerate(chunk)])
+                    enc["token_type_ids"] = torch.tensor([case_types(enc.word_ids(row), words)
+                                                          for row, words in enumerate(texts)])
                 inputs_ = {k: v.to(model.device) for k, v in enc.items()}
                 probs, ids = model(**inputs_).logits.float().softmax(-1).max(-1)  # (B, T) each
                 for row, (words, text) in enumerate(chunk):

@@ -83,7 +83,6 @@ def finetune(recipe: dict[str, Any], seeds: list[int] | None = None) -> Finetune
     from plmkit.data.tokenizer import load_tokenizer
     from plmkit.evaluation import evaluate
     from plmkit.interop import resolve_model_dir
-    from plmkit.interop.checkpoint import read_config
     from plmkit.tasks import get_task
 
     unknown = sorted(set(recipe) - set(SECTIONS))
@@ -124,8 +123,7 @@ def finetune(recipe: dict[str, Any], seeds: list[int] | None = None) -> Finetune
                  len(train_examples))
     else:
         tokenizer = load_tokenizer(model_dir)
-        if task.kind == "token-classification":  # a BERT config whose settings the features follow (case marks)
-            task.configure(read_config(model_dir))
+        task.configure(model_dir)  # settings of the model that the features follow (e.g. case marks)
     eval_examples = task.read(data.data_dir, data.eval_split)
     labels = task.label_list(train_examples)
     label2id = {label: i for i, label in enumerate(labels)} if labels else None
