@@ -40,7 +40,8 @@ TASKS = {
     # STS-B as a bi-encoder (the checkpoint is a sentence-embedding model): sentence-transformers'
     # training_stsbenchmark.py recipe (CosineSimilarityLoss, batch 16, 4 epochs, lr 2e-5, 10% warm-up)
     "stsb-bi": ({"data": {"epochs": 4}, "train": {"lr": 2e-5, "batch_size": 16}}, ("spearman", 0.86)),
-    "mrpc": ({"data": {"epochs": 3}, "train": {"lr": 5e-5, "batch_size": 16}}, ("f1", 0.87)),
+    # 5 epochs (as Intel's MiniLM-L12-H384 MRPC fine-tune with the Trainer): median F1 of seeds 1-3 0.874 (3: 0.866)
+    "mrpc": ({"data": {"epochs": 5}, "train": {"lr": 5e-5, "batch_size": 16}}, ("f1", 0.87)),
     "cola": ({"data": {"epochs": 5}, "train": {"lr": 5e-5, "batch_size": 32}}, ("mcc", 0.35)),
     # 2 epochs: 0.8991 at the end; 3 epochs scored 0.8945 / 0.8888 / 0.8899 by epoch (RESULTS.md)
     "sst2": ({"data": {"epochs": 2}, "train": {"lr": 5e-5, "batch_size": 32}}, ("accuracy", 0.90)),
