@@ -4,6 +4,7 @@ people report, next to the bar each must reach.
     .venv/bin/python benchmarks/finetune_quality.py [--tasks stsb,stsb-bi,mrpc,cola,sst2,conll2003,squad] [--seeds 1]
     .venv/bin/python benchmarks/finetune_quality.py --tasks squad --smoke   # both SQuAD sides, tiny, ~2 min on CPU
     .venv/bin/python benchmarks/finetune_quality.py --tasks squad --epochs 1   # both SQuAD sides, ~1.5 h on 2 cores
+    .venv/bin/python benchmarks/finetune_quality.py --tasks cola --seeds 1,2,3 train.lr=1e-4 data.epochs=10  # recipe changes
 
 Every run is `plmkit.training.finetune.finetune` (what `plmkit finetune` calls) on the full training set with the
 settings below, evaluated on the dev set after every epoch; the best epoch's model by the task's metric is the
@@ -507,6 +508,7 @@ def result_line(name: str, side: str, metrics: dict, key: str, bar: float | None
 
 def main() -> None:
     from plmkit.interop.hub import offline_model_dir
+    from plmkit.training.config import apply_override
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", default=",".join(TASKS))
@@ -524,6 +526,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=float,
                         help="train each task (both sides, where --hf-* runs one) for this many epochs instead of "
                              "its recipe's")
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value",
+                        help="change every listed task's recipe (both sides), e.g. train.lr=1e-4 data.epochs=10")
     parser.add_argument("--smoke", action="store_true",
                         help=f"SQuAD only, tiny: {SMOKE_TRAIN_ARTICLES} training articles, {SMOKE_STEPS} steps of "
                              f"batch {SMOKE_BATCH}, {SMOKE_QUESTIONS} questions of 1 evaluation article")
@@ -541,6 +545,8 @@ def main() -> None:
     for name in names:
         if args.epochs is not None:
             TASKS[name][0].setdefault("data", {})["epochs"] = args.epochs
+        for item in args.overrides:
+            apply_override(TASKS[name][0], item)
         key, bar = TASKS[name][1]
         smoke = smoke_squad(out) if args.smoke else None
         metrics = None
