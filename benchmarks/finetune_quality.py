@@ -4,7 +4,7 @@ people report, next to the bar each must reach.
     .venv/bin/python benchmarks/finetune_quality.py [--tasks stsb,stsb-bi,mrpc,cola,sst2,conll2003,squad] [--seeds 1]
     .venv/bin/python benchmarks/finetune_quality.py --tasks squad --smoke   # both SQuAD sides, tiny, ~2 min on CPU
     .venv/bin/python benchmarks/finetune_quality.py --tasks squad --epochs 1   # both SQuAD sides, ~1.5 h on 2 cores
-    .venv/bin/python benchmarks/finetune_quality.py --tasks cola --seeds 1,2,3 train.lr=1e-4 data.epochs=10  # recipe changes
+    .venv/bin/python benchmarks/finetune_quality.py --tasks cola train.lr=1e-4 data.epochs=10   # changed recipe
 
 Every run is `plmkit.training.finetune.finetune` (what `plmkit finetune` calls) on the full training set with the
 settings below, evaluated on the dev set after every epoch; the best epoch's model by the task's metric is the
