@@ -534,6 +534,9 @@ def main() -> None:
                         help=f"SQuAD only, tiny: {SMOKE_TRAIN_ARTICLES} training articles, {SMOKE_STEPS} steps of "
                              f"batch {SMOKE_BATCH}, {SMOKE_QUESTIONS} questions of 1 evaluation article")
     args = parser.parse_args()
+    for item in args.overrides:
+        if item.partition(".")[0] not in ("task", "data", "train"):
+            parser.error(f"override {item!r}: only the task, data and train sections of a recipe can be changed here")
     model_dir = offline_model_dir()
     seeds = [int(s) for s in args.seeds.split(",")]
     out = Path(args.out)
