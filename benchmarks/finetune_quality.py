@@ -537,6 +537,8 @@ def main() -> None:
     for item in args.overrides:
         if item.partition(".")[0] not in ("task", "data", "train"):
             parser.error(f"override {item!r}: only the task, data and train sections of a recipe can be changed here")
+    # --epochs N is data.epochs=N
+    changes = ([f"data.epochs={args.epochs}"] if args.epochs is not None else []) + args.overrides
     model_dir = offline_model_dir()
     seeds = [int(s) for s in args.seeds.split(",")]
     out = Path(args.out)
@@ -548,9 +550,7 @@ def main() -> None:
         shutil.rmtree(out, ignore_errors=True)  # a scratch run: plmkit refuses an output_dir with checkpoints
     rows = []
     for name in names:
-        if args.epochs is not None:
-            TASKS[name][0].setdefault("data", {})["epochs"] = args.epochs
-        for item in args.overrides:
+        for item in changes:
             apply_override(TASKS[name][0], item)
         key, bar = TASKS[name][1]
         smoke = smoke_squad(out) if args.smoke else None
