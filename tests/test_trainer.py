@@ -448,3 +448,55 @@ def test_release_free_memory_returns_freed_heap_pages():
     assert release_free_memory()
     assert rss_mb() < before - 50
     libc.free(chunks[-1])
+
+
+def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.named_parameters()}
+
+
+def test_ema_of_weights_is_evaluated_kept_and_resumed(tmp_path, caplog):
+    """train.ema_decay: training itself is unchanged (same losses), the model left after training is the moving
+    average of the weights after each step, the evaluator sees that average, and a run resumed from a checkpoint
+    ends with the same weights and average as the uninterrupted one."""
+    settings = dict(dropout=0.1, max_steps=3, schedule="constant", warmup_steps=0)
+    after = []  # the plain run's weights after 1, 2 and 3 steps (a constant rate: a k-step run is a prefix)
+    for k in (1, 2, 3):
+        plain = make_trainer(str(tmp_path / f"plain{k}"), **{**settings, "max_steps": k})
+        plain.fit()
+        after.append(_weights(plain.model))
+    expected = {k: after[0][k] for k in after[0]}
+    for w in after[1:]:
+        expected = {k: 0.75 * expected[k] + 0.25 * w[k] for k in expected}
+
+    seen = []
+    ema = make_trainer(str(tmp_path / "ema"), **settings, ema_decay=0.75, eval_every=3,
+                       evaluator=lambda m: (seen.append(_weights(m)), {"n": 1.0})[1])
+    ema.fit()
+    assert losses(tmp_path / "ema") == losses(tmp_path / "plain3")  # the average does not change training
+    final = _weights(ema.model)
+    for k in expected:
+        torch.testing.assert_close(final[k], expected[k], rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(seen[-1][k], expected[k], rtol=1e-6, atol=1e-7)
+    assert not torch.equal(final["encoder.embed.token.weight"], after[2]["encoder.embed.token.weight"])
+
+    # Resume from step 3 of a 6-step run: the same weights and average at the end as without the interruption.
+    settings = dict(dropout=0.1, max_steps=6, save_every_steps=3, ema_decay=0.75)
+    full = make_trainer(str(tmp_path / "full"), **settings)
+    full.fit()
+    step3 = list_checkpoints(tmp_path / "full")[0]
+    assert step3.step == 3 and (step3.path / "ema.safetensors").is_file()
+    shutil.copytree(step3.path, tmp_path / "resumed" / "checkpoints" / step3.path.name)
+    resumed = make_trainer(str(tmp_path / "resumed"), **settings)
+    resumed.fit(resume=True)
+    assert losses(tmp_path / "resumed") == {k: v for k, v in losses(tmp_path / "full").items() if k > 3}
+    for k, v in _weights(full.model).items():
+        assert torch.equal(_weights(resumed.model)[k], v), k
+
+    # A checkpoint without the average cannot resume a run that keeps one, and says why.
+    make_trainer(str(tmp_path / "noema"), max_steps=2, save_every_steps=2).fit()
+    with pytest.raises(PlmkitError, match="no intact checkpoint"), caplog.at_level("WARNING"):
+        make_trainer(str(tmp_path / "noema"), max_steps=4, ema_decay=0.9).fit(resume=True)
+    assert "step-00000002" in caplog.text and "has no ema.safetensors; the run was saved without train.ema_decay" \
+        in caplog.text
+    with pytest.raises(PlmkitError, match="ema_decay must be in"):
+        TrainConfig(ema_decay=1.0)

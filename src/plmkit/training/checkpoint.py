@@ -9,6 +9,7 @@ A checkpoint is a directory `step-00000100/` under `<output_dir>/checkpoints/`:
     rng.pt              every rank's torch CPU (and CUDA) RNG state, a list indexed by rank: dropout continues
                         exactly where it stopped on each process
     trainer_state.json  the step and what the trainer tracks (elapsed time, tokens seen, best metric)
+    ema.safetensors     with `train.ema_decay` only: the moving average of the weights (and how many steps it holds)
     manifest.json       size and sha256 of each file above; written last
 
 Everything is written into a hidden temporary directory that is renamed into place only when complete, so a
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 
 MODEL, OPTIMIZER, RNG, STATE, MANIFEST = "model.safetensors", "optimizer.pt", "rng.pt", "trainer_state.json", \
     "manifest.json"
+EMA = "ema.safetensors"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
@@ -105,11 +107,12 @@ def rng_state_for_rank(states: list[dict[str, Any]] | dict[str, Any], rank: int,
 
 def save_checkpoint(output_dir: str | Path, step: int, model: nn.Module,
                     optimizer: torch.optim.Optimizer | dict[str, Any], state: dict[str, Any], keep_last: int = 2,
-                    rng_states: list[dict[str, Any]] | None = None) -> Path:
+                    rng_states: list[dict[str, Any]] | None = None, ema: nn.Module | None = None) -> Path:
     """Write checkpoint `step` atomically, then delete all but the newest `keep_last`.
 
     `model` is a plain module holding the full weights; `optimizer` is an optimizer or its full state_dict (what an
-    FSDP run gathers); `rng_states` is every rank's `rng_state()` in rank order (default: this process's only)."""
+    FSDP run gathers); `rng_states` is every rank's `rng_state()` in rank order (default: this process's only);
+    `ema` is the weights' moving average (a `torch.optim.swa_utils.AveragedModel`), when the run keeps one."""
     root = checkpoint_root(output_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:08d}"
@@ -121,8 +124,11 @@ def save_checkpoint(output_dir: str | Path, step: int, model: nn.Module,
         torch.save(optimizer_state, tmp / OPTIMIZER)
         torch.save(rng_states if rng_states is not None else [rng_state()], tmp / RNG)
         (tmp / STATE).write_text(json.dumps({"step": step, **state}, indent=2) + "\n", encoding="utf-8")
-        manifest = {name: {"bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
-                    for name in (MODEL, OPTIMIZER, RNG, STATE)}
+        names = [MODEL, OPTIMIZER, RNG, STATE]
+        if ema is not None:
+            save_model(ema, str(tmp / EMA), metadata={"format": "pt", "step": str(step)})
+            names.append(EMA)
+        manifest = {name: {"bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)} for name in names}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         for f in tmp.iterdir():
             _fsync(f)
@@ -147,7 +153,7 @@ def verify_checkpoint(path: Path) -> None:
         raise PlmkitError(f"{path}: incomplete checkpoint ({MANIFEST} missing)") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise PlmkitError(f"{manifest_path}: corrupt manifest ({e})") from None
-    for name in (MODEL, OPTIMIZER, RNG, STATE):
+    for name in (MODEL, OPTIMIZER, RNG, STATE, *sorted(set(manifest) - {MODEL, OPTIMIZER, RNG, STATE})):
         f = path / name
         if name not in manifest:
             raise PlmkitError(f"{manifest_path}: no entry for {name}")
@@ -160,14 +166,18 @@ def verify_checkpoint(path: Path) -> None:
             raise PlmkitError(f"{f}: contents do not match the manifest's sha256 (corrupt)")
 
 
-def load_weights(path: Path, model: nn.Module) -> None:
-    """Load a checkpoint's model.safetensors into a plain module; a file that does not fit is a PlmkitError."""
+def load_weights(path: Path, model: nn.Module, name: str = MODEL) -> None:
+    """Load a checkpoint's model.safetensors (or another weights file of it, e.g. `EMA`) into a plain module; a
+    file that is missing or does not fit is a PlmkitError."""
+    f = path / name
+    if not f.is_file():
+        raise PlmkitError(f"{f}: missing from checkpoint")
     try:
-        missing, unexpected = load_model(model, str(path / MODEL), strict=False)
+        missing, unexpected = load_model(model, str(f), strict=False)
     except (SafetensorError, OSError, RuntimeError) as e:
-        raise PlmkitError(f"{path / MODEL}: cannot be loaded into the model ({str(e).splitlines()[0]})") from None
+        raise PlmkitError(f"{f}: cannot be loaded into the model ({str(e).splitlines()[0]})") from None
     if missing or unexpected:
-        raise PlmkitError(f"{path / MODEL}: does not fit the model (missing: {sorted(missing)[:5]}, "
+        raise PlmkitError(f"{f}: does not fit the model (missing: {sorted(missing)[:5]}, "
                           f"unexpected: {sorted(unexpected)[:5]})")
 
 
@@ -186,10 +196,15 @@ def read_trainer_state(path: Path) -> dict[str, Any]:
 
 
 def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None, *, rank: int = 0,
-                    world_size: int = 1) -> dict[str, Any]:
-    """Verify, then load weights, optimizer state and this rank's RNG state; returns the trainer state."""
+                    world_size: int = 1, ema: nn.Module | None = None) -> dict[str, Any]:
+    """Verify, then load weights (and the moving average into `ema`), optimizer state and this rank's RNG state;
+    returns the trainer state."""
     verify_checkpoint(path)
     load_weights(path, model)
+    if ema is not None:
+        if not (path / EMA).is_file():
+            raise PlmkitError(f"{path}: has no {EMA}; the run was saved without train.ema_decay")
+        load_weights(path, ema, EMA)
     if optimizer is not None:
         optimizer.load_state_dict(load_optimizer_state(path))
     restore_rng(path, rank, world_size)

@@ -55,6 +55,10 @@ class TrainConfig:
     best_metric: str | None = None
     best_mode: str = "max"
     label_smoothing: float = 0.0  # of the sequence-to-sequence loss (transformers' label_smoothing_factor)
+    # > 0: keep an exponential moving average of the weights, updated after every optimizer step
+    # (avg = decay * avg + (1 - decay) * weights, as timm's ModelEmaV2 and torch.optim.swa_utils' EMA); evaluation,
+    # the best checkpoint and the model left after training are the average. Off by default, as in transformers.
+    ema_decay: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "max_steps"):
@@ -69,6 +73,8 @@ class TrainConfig:
             raise PlmkitError(f"train.best_mode must be 'max' or 'min', got {self.best_mode!r}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise PlmkitError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise PlmkitError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.keep_last < 1:
             raise PlmkitError(f"train.keep_last must be >= 1, got {self.keep_last}")
         if self.schedule_by_time and not self.max_minutes:

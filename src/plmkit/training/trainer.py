@@ -2,8 +2,9 @@
 
 It takes a model, a dataset with a collate function, an objective (loss terms with counts, see
 `training.objectives`) and optionally an evaluator, and does the rest: AdamW (decay only for p.dim() >= 2),
-warm-up then linear/cosine decay, gradient accumulation normalised over the global batch, clipping, optional
-bf16 autocast and torch.compile, DDP (or with `impl.fsdp` FSDP2 sharding) under torchrun, evaluation every N steps
+warm-up then linear/cosine decay, gradient accumulation normalised over the global batch, clipping, an optional
+moving average of the weights (`train.ema_decay`: what is evaluated, kept as best and returned), optional bf16
+autocast and torch.compile, DDP (or with `impl.fsdp` FSDP2 sharding) under torchrun, evaluation every N steps
 with best-checkpoint tracking, JSONL + TensorBoard metrics, a tqdm bar with tokens/s, a loss-curve PNG, a wall-clock
 budget, and atomic checkpoints every N steps or minutes from which `fit(resume=True)` continues bit for bit (each
 rank's dropout RNG included, so a resumed distributed run repeats the uninterrupted one).
@@ -29,6 +30,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from plmkit.errors import PlmkitError
@@ -125,6 +127,14 @@ class Trainer:
                                     world_size=self.dist.world_size, lengths=lengths)
         self.objective, self.evaluator, self.save_model = objective, evaluator, save_model
         self.optimizer = build_optimizer(self.model, config)
+        self.ema: AveragedModel | None = None
+        if config.ema_decay:
+            if self.sharded:
+                raise PlmkitError("train.ema_decay is not supported with impl.fsdp (the average would need sharding "
+                                  "too); train without one of them")
+            # Parameters only: buffers (position ids, ...) are not trained. The first update copies the weights.
+            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay),
+                                     use_buffers=False)
         # Large token tables keep their gradient between steps (see `training.lookup_grads`); DDP and FSDP reduce
         # gradients themselves and torch.compile traces the dense lookup, so there it stays off.
         self.lookup_grads = LookupGrads(self.model, enabled=not self.dist.enabled and not self.impl.compile)
@@ -204,6 +214,10 @@ class Trainer:
                             title=f"{self.output_dir.name}: {self.step} steps")
         if self.sharded:
             self._unshard_for_return()
+        if self.ema is not None:  # what leaves the trainer is the average, as what was evaluated
+            with torch.no_grad():
+                for mine, averaged in zip(self.model.parameters(), self.ema.module.parameters(), strict=True):
+                    mine.copy_(averaged)
         barrier(self.dist)
         return TrainResult(self.step, stopped_by, last_loss, eval_metrics,
                            self.best[0] if self.best else None, self.best[1] if self.best else None, elapsed)
@@ -231,6 +245,8 @@ class Trainer:
             grad_norm = self._clip_gradients(cfg.clip_grad_norm)
         self.optimizer.step()
         self.lookup_grads.zero_grad(self.optimizer)
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
         stats = {"loss": sum(term_sums), "lr": lr, "tokens": tokens}
         if len(names) > 1 or names != ["loss"]:
             stats.update({f"{name}_loss": v for name, v in zip(names, term_sums, strict=True)})
@@ -293,7 +309,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation, checkpoints
     def _evaluate(self, metrics: MetricsLog | None) -> dict[str, float]:
-        model = self._full_model(self.device) if self.sharded else self.model
+        # With train.ema_decay the moving average is evaluated and kept as the best, not the current weights.
+        model = self._full_model(self.device) if self.sharded else self.ema.module if self.ema is not None \
+            else self.model
         model.eval()
         with torch.inference_mode(), self._autocast():
             values = self.evaluator(model)
@@ -352,7 +370,7 @@ class Trainer:
             state = {"tokens_seen": self.tokens_seen, "elapsed_s": elapsed,
                      "best": list(self.best) if self.best else None}
             save_checkpoint(self.output_dir, self.step, model, optimizer, state, keep_last=self.config.keep_last,
-                            rng_states=rng_states)
+                            rng_states=rng_states, ema=self.ema)
         barrier(self.dist)
 
     def _resume(self) -> None:
@@ -367,7 +385,7 @@ class Trainer:
 
     def _load(self, path: Path) -> dict[str, Any]:
         return load_checkpoint(path, self.model, self.optimizer, rank=self.dist.rank,
-                               world_size=self.dist.world_size)
+                               world_size=self.dist.world_size, ema=self.ema)
 
     def _load_sharded(self, path: Path) -> dict[str, Any]:
         """Load a (plain) checkpoint into the FSDP model: rank 0 verifies it and reads the full weights and optimizer
