@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 MODEL, OPTIMIZER, RNG, STATE, MANIFEST = "model.safetensors", "optimizer.pt", "rng.pt", "trainer_state.json", \
     "manifest.json"
 EMA = "ema.safetensors"
+REQUIRED = (MODEL, OPTIMIZER, RNG, STATE)  # in every checkpoint's manifest; EMA only where the run keeps one
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
@@ -124,7 +125,7 @@ def save_checkpoint(output_dir: str | Path, step: int, model: nn.Module,
         torch.save(optimizer_state, tmp / OPTIMIZER)
         torch.save(rng_states if rng_states is not None else [rng_state()], tmp / RNG)
         (tmp / STATE).write_text(json.dumps({"step": step, **state}, indent=2) + "\n", encoding="utf-8")
-        names = [MODEL, OPTIMIZER, RNG, STATE]
+        names = list(REQUIRED)
         if ema is not None:
             save_model(ema, str(tmp / EMA), metadata={"format": "pt", "step": str(step)})
             names.append(EMA)
@@ -153,7 +154,7 @@ def verify_checkpoint(path: Path) -> None:
         raise PlmkitError(f"{path}: incomplete checkpoint ({MANIFEST} missing)") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise PlmkitError(f"{manifest_path}: corrupt manifest ({e})") from None
-    for name in (MODEL, OPTIMIZER, RNG, STATE, *sorted(set(manifest) - {MODEL, OPTIMIZER, RNG, STATE})):
+    for name in (*REQUIRED, *sorted(set(manifest) - set(REQUIRED))):
         f = path / name
         if name not in manifest:
             raise PlmkitError(f"{manifest_path}: no entry for {name}")
