@@ -50,6 +50,33 @@ def test_weight_decay_only_for_matrices():
     assert any(p is model.encoder.embed.token.weight for p in decay["params"])  # the tied embedding, once
 
 
+def test_layer_wise_lr_decay_scales_each_layer_in_the_trainer(tmp_path):
+    """train.layer_lr_decay=0.5 on 2 layers: head at lr, layer 1 at lr/2, layer 0 at lr/4, embeddings at lr/8. Adam's
+    first step moves each weight by its group's rate (times sign of the gradient), so the step taken shows it."""
+    model = tiny_model()
+    assert [(g["weight_decay"], g["lr_scale"]) for g in param_groups(model, 0.01)] == [(0.01, 1.0), (0.0, 1.0)]
+    groups = param_groups(model, 0.01, layer_lr_decay=0.5)
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    scale_of = {id(p): g["lr_scale"] for g in groups for p in g["params"]}
+    expected = {"encoder.embed.": 0.125, "encoder.layers.0.": 0.25, "encoder.layers.1.": 0.5, "": 1.0}  # "": heads
+    for name, p in model.named_parameters():
+        assert scale_of[id(p)] == scale_of_name(name, expected), name
+
+    trainer = make_trainer(str(tmp_path), dropout=0.0, max_steps=1, warmup_steps=0, weight_decay=0.0,
+                           clip_grad_norm=None, lr=1e-3, layer_lr_decay=0.5)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.fit()
+    for name, p in trainer.model.named_parameters():
+        moved = (p.detach() - before[name]).abs().max().item()
+        assert moved == pytest.approx(1e-3 * scale_of_name(name, expected), rel=1e-2), name
+    with pytest.raises(PlmkitError, match="layer_lr_decay"):
+        TrainConfig(layer_lr_decay=0.0)
+
+
+def scale_of_name(name: str, expected: dict[str, float]) -> float:
+    return next(v for k, v in expected.items() if name.startswith(k))
+
+
 def test_gradient_accumulation_equals_one_big_batch(tmp_path):
     """Micro-batches of 2 (4 accumulation steps) give the loss of batches of 8: normalised by the global count of
     masked tokens, not a mean of micro-batch means."""

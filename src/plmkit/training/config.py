@@ -59,6 +59,9 @@ class TrainConfig:
     # (avg = decay * avg + (1 - decay) * weights, as timm's ModelEmaV2 and torch.optim.swa_utils' EMA); evaluation,
     # the best checkpoint and the model left after training are the average. Off by default, as in transformers.
     ema_decay: float = 0.0
+    # < 1: layer-wise learning-rate decay (ELECTRA, DeBERTa): the head trains at lr, the top layer at lr * decay,
+    # the one below at lr * decay ** 2, ..., the embeddings at the lowest rate (see optim.param_groups). 1 = off.
+    layer_lr_decay: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "max_steps"):
@@ -75,6 +78,8 @@ class TrainConfig:
             raise PlmkitError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise PlmkitError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
+        if not 0.0 < self.layer_lr_decay <= 1.0:
+            raise PlmkitError(f"train.layer_lr_decay must be in (0, 1], got {self.layer_lr_decay}")
         if self.keep_last < 1:
             raise PlmkitError(f"train.keep_last must be >= 1, got {self.keep_last}")
         if self.schedule_by_time and not self.max_minutes:

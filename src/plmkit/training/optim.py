@@ -3,26 +3,51 @@
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 from torch import nn
 
 from plmkit.training.config import TrainConfig
 
+LAYER_INDEX = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two groups: weight decay for every parameter with p.dim() >= 2 (matrices, embeddings), none for biases and
-    norm weights (as nanoGPT). `parameters()` yields a tied weight once, so it is decayed once."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+
+def layer_depths(model: nn.Module) -> dict[str, int]:
+    """Depth of each trainable parameter, for layer-wise learning-rate decay: 0 for the embeddings (a name with
+    `embed` outside any layer), i + 1 for the i-th transformer layer (`layers.i.` in its name; an encoder-decoder's
+    two stacks share the indexes), and one above the last layer for everything else (pooler, task head, final norm)."""
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    layers = {n: int(m.group(1)) for n in names if (m := LAYER_INDEX.search(n))}
+    top = max(layers.values(), default=-1) + 2
+    return {n: layers[n] + 1 if n in layers else 0 if "embed" in n else top for n in names}
+
+
+def param_groups(model: nn.Module, weight_decay: float, layer_lr_decay: float = 1.0) -> list[dict]:
+    """Weight decay for every parameter with p.dim() >= 2 (matrices, embeddings), none for biases and norm weights
+    (as nanoGPT). `named_parameters()` yields a tied weight once, so it is decayed once.
+
+    `layer_lr_decay` < 1: layer-wise learning-rate decay (ELECTRA, DeBERTa, BEiT): a parameter at depth d (see
+    `layer_depths`) trains at `lr_scale = layer_lr_decay ** (top - d)` times the scheduled rate, so the head keeps the
+    full rate and each layer below it a factor less. At 1.0 there are just the two groups."""
+    depths = layer_depths(model) if layer_lr_decay != 1.0 else {}
+    top = max(depths.values(), default=0)
+    groups: dict[tuple[bool, int], dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        decayed, depth = p.dim() >= 2, depths.get(name, top)
+        group = groups.setdefault((decayed, depth), {"params": [], "weight_decay": weight_decay if decayed else 0.0,
+                                                     "lr_scale": layer_lr_decay ** (top - depth)})
+        group["params"].append(p)
+    return [groups[k] for k in sorted(groups, key=lambda k: (not k[0], k[1]))]
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
     """torch AdamW; the fused kernel where the parameters' device supports it (CPU and CUDA in torch >= 2.4)."""
     device = next(model.parameters()).device
     fused = device.type in ("cpu", "cuda")
-    return torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr,
+    return torch.optim.AdamW(param_groups(model, config.weight_decay, config.layer_lr_decay), lr=config.lr,
                              betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_eps, fused=fused)
 
 
@@ -68,5 +93,6 @@ def lr_at(step: int, *, base_lr: float, warmup: int, total: int, schedule: str =
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set the scheduled rate: each group trains at `lr` times its `lr_scale` (layer-wise decay; 1 by default)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
