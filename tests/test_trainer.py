@@ -17,8 +17,10 @@ import pytest
 import torch
 
 from plmkit.errors import PlmkitError
+from plmkit.models.encoder_decoder import Seq2SeqLM, seq2seq_config
 from plmkit.training import TrainConfig, build_optimizer, load_recipe, lr_at, param_groups
 from plmkit.training.checkpoint import list_checkpoints, save_checkpoint, verify_checkpoint
+from plmkit.training.optim import layer_depths
 from plmkit.training.tracking import read_metrics
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -71,6 +73,11 @@ def test_layer_wise_lr_decay_scales_each_layer_in_the_trainer(tmp_path):
         assert moved == pytest.approx(1e-3 * scale_of_name(name, expected), rel=1e-2), name
     with pytest.raises(PlmkitError, match="layer_lr_decay"):
         TrainConfig(layer_lr_decay=0.0)
+    # An encoder-decoder: T5's shared token table is an embedding though its name does not say so.
+    t5 = Seq2SeqLM(seq2seq_config("t5", vocab_size=50, hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32))
+    depths = layer_depths(t5)
+    assert depths["model.shared.weight"] == 0 and depths["model.encoder.final_norm.weight"] == 3
+    assert {d for n, d in depths.items() if ".layers.1." in n} == {2}
 
 
 def scale_of_name(name: str, expected: dict[str, float]) -> float:

@@ -14,13 +14,16 @@ LAYER_INDEX = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
 
 def layer_depths(model: nn.Module) -> dict[str, int]:
-    """Depth of each trainable parameter, for layer-wise learning-rate decay: 0 for the embeddings (a name with
-    `embed` outside any layer), i + 1 for the i-th transformer layer (`layers.i.` in its name; an encoder-decoder's
-    two stacks share the indexes), and one above the last layer for everything else (pooler, task head, final norm)."""
+    """Depth of each trainable parameter, for layer-wise learning-rate decay: i + 1 for the i-th transformer layer
+    (`layers.i.` in its name; an encoder-decoder's two stacks share the indexes); outside the layers, 0 for the
+    embeddings (an `nn.Embedding`'s table, or a name with `embed`: BERT's embedding LayerNorm), and one above the
+    last layer for everything else (pooler, task head, final norm)."""
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     layers = {n: int(m.group(1)) for n in names if (m := LAYER_INDEX.search(n))}
+    tables = {f"{prefix}.{n}".lstrip(".") for prefix, module in model.named_modules()
+              if isinstance(module, nn.Embedding) for n, _ in module.named_parameters()}
     top = max(layers.values(), default=-1) + 2
-    return {n: layers[n] + 1 if n in layers else 0 if "embed" in n else top for n in names}
+    return {n: layers[n] + 1 if n in layers else 0 if n in tables or "embed" in n else top for n in names}
 
 
 def param_groups(model: nn.Module, weight_decay: float, layer_lr_decay: float = 1.0) -> list[dict]:
