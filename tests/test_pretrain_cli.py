@@ -11,6 +11,7 @@ import torch
 
 from plmkit.cli import main
 from plmkit.config import ModelConfig
+from plmkit.errors import PlmkitError
 from plmkit.training import ImplConfig, TrainConfig, dataclass_from_dict, load_recipe
 from plmkit.training.pretrain import SECTIONS, DataConfig, TokenizerConfig, model_config_from
 
@@ -37,6 +38,13 @@ def test_every_shipped_recipe_loads(recipe, monkeypatch):
     dataclass_from_dict(ImplConfig, r.get("impl"), "impl")
     dataclass_from_dict(DataConfig, r["data"], "data")
     dataclass_from_dict(TokenizerConfig, r.get("tokenizer"), "tokenizer")
+    if isinstance(r["model"], dict) and "from_pretrained" in r["model"]:  # a hub id: read the offline BERT instead
+        from plmkit.interop.hub import offline_model_dir
+
+        try:
+            r["model"]["from_pretrained"] = str(offline_model_dir())
+        except PlmkitError as e:
+            pytest.skip(str(e))
     assert isinstance(model_config_from(r["model"]), ModelConfig)
 
 
@@ -83,3 +91,43 @@ def test_pretrain_cli_errors(tmp_path, capsys):
     assert main(["pretrain", "--config", str(recipe), f"data.inputs=[{missing}]",
                  f"train.output_dir={tmp_path / 'r'}"]) == 2
     assert "missing.txt" in capsys.readouterr().err
+
+
+def test_pretrain_continues_a_checkpoint_with_its_vocabulary(tmp_path, capsys):
+    """`model: {from_pretrained: DIR}` (domain-adaptive pretraining): the checkpoint's weights and tokenizer are
+    kept, the MLM head it lacks starts fresh, and conflicting settings are errors."""
+    import plmkit
+
+    corpus = write_corpus(tmp_path / "corpus.txt")
+    tiny = ["data.max_seq_length=64", "data.workers=1", "data.validation_fraction=0.15", "impl.progress=false",
+            "impl.tensorboard=false", "train.batch_size=8", "train.eval_every=0", "train.log_every=1"]
+    first = tmp_path / "first"
+    assert main(["pretrain", "--config", str(REPO / "configs/pretrain/bert-tiny.yaml"), f"data.inputs=[{corpus}]",
+                 "tokenizer.vocab_size=120", f"train.output_dir={first}", "train.max_steps=2", "model.num_layers=1",
+                 "model.hidden_size=32", "model.num_heads=2", "model.intermediate_size=64", *tiny]) == 0
+    # A checkpoint without the MLM head, as a sentence-embedding BERT is published.
+    encoder = plmkit.BertModel.from_pretrained(first / "model")
+    encoder.save_pretrained(tmp_path / "encoder", tokenizer=plmkit.load_tokenizer(first / "model"))
+    assert not any("predictions" in k for k in plmkit.interop.checkpoint.read_keys(tmp_path / "encoder"))
+    capsys.readouterr()
+
+    out = tmp_path / "adapted"
+    args = ["pretrain", "--config", str(REPO / "configs/pretrain/bert-continue.yaml"), f"data.inputs=[{corpus}]",
+            f"model.from_pretrained={tmp_path / 'encoder'}", f"train.output_dir={out}", "train.max_steps=1",
+            "train.lr=1e-9", *tiny]
+    assert main(args) == 0
+    assert not (out / "tokenizer").exists()  # no new tokenizer was trained
+    assert (out / "model" / "vocab.txt").read_text() == (tmp_path / "encoder" / "vocab.txt").read_text()
+    adapted = plmkit.BertForPreTraining.from_pretrained(out / "model")
+    after = dict(adapted.named_parameters())
+    for name, p in encoder.named_parameters():  # one step at lr 1e-9: the checkpoint's weights, not fresh ones
+        torch.testing.assert_close(after[name], p, atol=1e-6, rtol=0)
+    assert adapted.config.num_layers == 1 and adapted.config.vocab_size == encoder.config.vocab_size
+
+    assert main(args + ["tokenizer.vocab_size=100"]) == 2
+    assert "tokenizer.vocab_size: model.from_pretrained continues a checkpoint" in capsys.readouterr().err
+    assert main(["pretrain", "--config", str(REPO / "configs/pretrain/bert-tiny.yaml"),
+                 f"model.from_pretrained={tmp_path / 'encoder'}", f"train.output_dir={out}"]) == 2
+    assert "not with 'file'" in capsys.readouterr().err
+    assert main(args[:4] + [f"model.from_pretrained={tmp_path / 'nope'}", *args[5:]]) == 2
+    assert "nope: not a model directory" in capsys.readouterr().err

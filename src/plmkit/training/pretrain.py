@@ -12,7 +12,10 @@ A recipe (`configs/pretrain/*.yaml`) has five sections:
     model      a model config file (`configs/models/bert-mini.yaml`), `file:` plus fields to change, or the fields
                inline; inline fields may start from `style:` gpt2 or llama (`decoder_config`), t5 or bart
                (`seq2seq_config`). `vocab_size` and the special ids (pad, bos, eos, decoder start) follow the
-               tokenizer; a T5's decoder starts from pad, a BART's from eos, as their styles say.
+               tokenizer; a T5's decoder starts from pad, a BART's from eos, as their styles say. Or
+               `from_pretrained:` a Hugging Face BERT, GPT-2/Llama or T5/BART directory (or hub id) to continue
+               pretraining it (domain- or task-adaptive pretraining): its weights, config and tokenizer are kept,
+               heads it lacks start fresh, and the tokenizer section may only give `path`.
     tokenizer  `path:` an existing tokenizer directory, or `vocab_size:` (+ `min_frequency`) to train one on the
                training text first: WordPiece for BERT (+ `lowercase`), a GPT-2 byte-level BPE with <|endoftext|>
                for a decoder, a byte-level BPE with <pad> </s> <unk> (ids 0, 1, 2) and the sentinels <extra_id_0>
@@ -113,13 +116,69 @@ def expand_path(value: str) -> str:
     return os.path.expanduser(os.path.expandvars(value))
 
 
+def pretrained_dir(section: Any) -> Path | None:
+    """The checkpoint directory of a `model: {from_pretrained: DIR}` section (a hub id is fetched), else None."""
+    if not isinstance(section, dict) or "from_pretrained" not in section:
+        return None
+    clash = sorted({"file", "style"} & set(section))
+    if clash:
+        raise PlmkitError(f"model: give `from_pretrained` alone or with fields to change, not with "
+                          f"{' or '.join(map(repr, clash))} (e.g. the override 'model={{from_pretrained: DIR}}' "
+                          "replaces a recipe's model file)")
+    source = section["from_pretrained"]
+    if not isinstance(source, str) or not source:
+        raise PlmkitError("model.from_pretrained: give a Hugging Face model directory or hub id")
+    from plmkit.interop.hub import resolve_model_dir
+
+    return resolve_model_dir(expand_path(source))
+
+
+def pretrained_config(model_dir: Path) -> ModelConfig:
+    """A checkpoint's config, read by its model_type: BERT, GPT-2/Llama or T5/BART."""
+    from plmkit.interop.checkpoint import read_config, read_hf_config_dict
+    from plmkit.interop.hf_decoder import FORMATS, read_decoder_config
+    from plmkit.interop.hf_seq2seq import FORMATS as SEQ2SEQ_FORMATS
+    from plmkit.interop.hf_seq2seq import read_seq2seq_config
+
+    model_type = read_hf_config_dict(model_dir).get("model_type")
+    if model_type in FORMATS:
+        return read_decoder_config(model_dir)[0]
+    if model_type in SEQ2SEQ_FORMATS:
+        return read_seq2seq_config(model_dir)[0]
+    return read_config(model_dir)
+
+
+def load_pretrained_weights(model: nn.Module, model_dir: Path) -> None:
+    """Copy a checkpoint's weights into the freshly built pretraining model; heads it lacks (an MLM or NSP head on a
+    sentence-embedding BERT) keep their fresh initialisation, as `transformers` does. Other gaps are errors."""
+    from plmkit.interop import hf_bert, hf_decoder, hf_seq2seq
+    from plmkit.interop.checkpoint import read_state_dict
+
+    state, source = read_state_dict(model_dir)
+    config = model.config
+    if config.is_encoder_decoder:
+        hf_seq2seq.convert_from_hf(model, state, hf_seq2seq.read_seq2seq_config(model_dir)[1], source)
+    elif config.causal:
+        hf_decoder.convert_from_hf(model, state, hf_decoder.read_decoder_config(model_dir)[1], source)
+    else:
+        new_init = hf_bert.convert_from_hf(model, state, source)
+        if new_init:
+            log.warning("%s: newly initialised (not in %s): %s", type(model).__name__, model_dir,
+                        ", ".join(sorted({k.rsplit(".", 1)[0] for k in new_init})))
+
+
 def model_config_from(section: Any) -> ModelConfig:
-    """The model section: a config file, `file:` + fields to change, or inline fields (optionally on a `style:`)."""
+    """The model section: a config file, `file:` + fields to change, inline fields (optionally on a `style:`), or
+    `from_pretrained:` a Hugging Face directory (+ fields to change, e.g. dropout) to continue pretraining."""
     if isinstance(section, str):
         return ModelConfig.from_file(expand_path(section))
     if not isinstance(section, dict):
         raise PlmkitError("model: give a model config file or the model fields")
     fields = dict(section)
+    init_dir = pretrained_dir(fields)
+    if init_dir is not None:
+        fields.pop("from_pretrained")
+        return pretrained_config(init_dir).replace(**fields) if fields else pretrained_config(init_dir)
     style = fields.pop("style", None)
     if "file" in fields:
         if style is not None:
@@ -363,7 +422,18 @@ def pretrain(recipe: dict[str, Any], resume: bool = False) -> tuple[TrainResult,
     impl = dataclass_from_dict(ImplConfig, recipe.get("impl"), "impl")
     data = dataclass_from_dict(DataConfig, recipe.get("data"), "data")
     tok_cfg = dataclass_from_dict(TokenizerConfig, recipe.get("tokenizer"), "tokenizer")
-    model_cfg = model_config_from(recipe.get("model", "configs/models/bert-mini.yaml"))
+    model_section = recipe.get("model", "configs/models/bert-mini.yaml")
+    model_cfg = model_config_from(model_section)
+    init_dir = pretrained_dir(model_section)
+    if init_dir is not None:
+        # Continued (domain- or task-adaptive) pretraining keeps the checkpoint's vocabulary: its tokenizer is the
+        # default, and training a new one would scramble the embedding rows.
+        extra = sorted(set(recipe.get("tokenizer") or {}) - {"path"})
+        if extra:
+            raise PlmkitError(f"tokenizer.{extra[0]}: model.from_pretrained continues a checkpoint with its own "
+                              "vocabulary; give no tokenizer settings (or only tokenizer.path to a tokenizer with "
+                              "the same vocabulary)")
+        tok_cfg.path = tok_cfg.path or str(init_dir)
     objective = objective_of(model_cfg)
     check_recipe_keys(recipe, objective)
     check_positions(model_cfg, data, objective)
@@ -386,6 +456,11 @@ def pretrain(recipe: dict[str, Any], resume: bool = False) -> tuple[TrainResult,
     corpus = PreparedCorpus(corpus_dir)
     corpus.check_tokenizer(tokenizer_dir)
     setup = SETUPS[objective](model_cfg, tokenizer, corpus, data, train_cfg)
+    if init_dir is not None:
+        if len(tokenizer) > model_cfg.vocab_size:
+            raise PlmkitError(f"tokenizer {tok_cfg.path}: {len(tokenizer)} tokens, more than the "
+                              f"{model_cfg.vocab_size} embedding rows of {init_dir}")
+        setup.config = setup.config.replace(vocab_size=model_cfg.vocab_size)  # a padded table keeps its size
     train_data, validation = setup.datasets["train"], setup.datasets["validation"]
     log.info("pretraining %s (%s): %d training and %d validation sequences of up to %d tokens", output_dir, objective,
              len(train_data), len(validation), data.max_seq_length)
@@ -395,6 +470,9 @@ def pretrain(recipe: dict[str, Any], resume: bool = False) -> tuple[TrainResult,
 
     torch.manual_seed(train_cfg.seed)
     model = setup.build_model(setup.config)
+    if init_dir is not None:
+        load_pretrained_weights(model, init_dir)
+        log.info("continuing pretraining from %s", init_dir)
     evaluator = None
     if len(validation):
         evaluator = (mlm_evaluator(validation, setup.collate, data.eval_batch_size, train_cfg.eval_max_batches, dist)
