@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from plmkit.cli import main
 from plmkit.data.denoising import (
@@ -244,6 +245,19 @@ def test_pretrain_cli_generative_end_to_end_and_resume(kind, hf_class, tmp_path,
     assert main(args + ["--resume"]) == 0
     again = train_losses(out)
     assert all(again[s] == losses[s] for s in range(1, 31))
+
+    # Continued pretraining (model.from_pretrained) starts from the saved weights: one step at lr 1e-9 keeps them.
+    recipe = tmp_path / "continue.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "model": {"from_pretrained": str(out / "model")},
+        "data": {"inputs": [str(corpus)], "max_seq_length": 32, "workers": 1, "validation_fraction": 0.1},
+        "train": {"output_dir": str(tmp_path / "more"), "max_steps": 1, "lr": 1e-9, "batch_size": 8,
+                  "eval_every": 0},
+        "impl": {"progress": False, "tensorboard": False}}))
+    assert main(["pretrain", "--config", str(recipe)]) == 0
+    more = dict(type(ours).from_pretrained(tmp_path / "more" / "model").named_parameters())
+    for name, p in ours.named_parameters():
+        torch.testing.assert_close(more[name], p, atol=1e-6, rtol=0)
 
 
 def test_pretrain_cli_generative_recipe_errors(tmp_path, capsys):
