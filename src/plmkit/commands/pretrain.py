@@ -3,8 +3,9 @@
 The recipe's model decides the objective: a BERT encoder is pretrained with masked LM (+ next-sentence prediction),
 a decoder (`model.style: gpt2` or `llama`, i.e. `causal: true`) with causal LM on packed chunks of the text, an
 encoder-decoder (`model.style: t5` or `bart`, i.e. `is_encoder_decoder: true`) with T5 span corruption. Recipes:
-configs/pretrain/bert-mini.yaml, gpt-mini.yaml, t5-mini.yaml; the sections are described in
-`plmkit.training.pretrain`. The result, <train.output_dir>/model, is a Hugging Face model directory.
+configs/pretrain/bert-mini.yaml, gpt-mini.yaml, t5-mini.yaml; bert-continue.yaml with model.from_pretrained=DIR
+continues pretraining an existing model on your text. The sections are described in `plmkit.training.pretrain`.
+The result, <train.output_dir>/model, is a Hugging Face model directory.
 
 Under `torchrun --nproc_per_node N -m plmkit pretrain ...` it trains data-parallel; see `plmkit.training.distributed`.
 """
