@@ -167,15 +167,16 @@ def load_pretrained_weights(model: nn.Module, model_dir: Path) -> None:
                         ", ".join(sorted({k.rsplit(".", 1)[0] for k in new_init})))
 
 
-def model_config_from(section: Any) -> ModelConfig:
+def model_config_from(section: Any, init_dir: Path | None = None) -> ModelConfig:
     """The model section: a config file, `file:` + fields to change, inline fields (optionally on a `style:`), or
-    `from_pretrained:` a Hugging Face directory (+ fields to change, e.g. dropout) to continue pretraining."""
+    `from_pretrained:` a Hugging Face directory (+ fields to change, e.g. dropout) to continue pretraining.
+    `init_dir`: that directory when the caller has already resolved it (a hub id is then not looked up again)."""
     if isinstance(section, str):
         return ModelConfig.from_file(expand_path(section))
     if not isinstance(section, dict):
         raise PlmkitError("model: give a model config file or the model fields")
     fields = dict(section)
-    init_dir = pretrained_dir(fields)
+    init_dir = init_dir or pretrained_dir(fields)
     if init_dir is not None:
         fields.pop("from_pretrained")
         return pretrained_config(init_dir).replace(**fields) if fields else pretrained_config(init_dir)
@@ -423,8 +424,8 @@ def pretrain(recipe: dict[str, Any], resume: bool = False) -> tuple[TrainResult,
     data = dataclass_from_dict(DataConfig, recipe.get("data"), "data")
     tok_cfg = dataclass_from_dict(TokenizerConfig, recipe.get("tokenizer"), "tokenizer")
     model_section = recipe.get("model", "configs/models/bert-mini.yaml")
-    model_cfg = model_config_from(model_section)
     init_dir = pretrained_dir(model_section)
+    model_cfg = model_config_from(model_section, init_dir)
     if init_dir is not None:
         # Continued (domain- or task-adaptive) pretraining keeps the checkpoint's vocabulary: its tokenizer is the
         # default, and training a new one would scramble the embedding rows.
