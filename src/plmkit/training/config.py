@@ -62,6 +62,10 @@ class TrainConfig:
     # < 1: layer-wise learning-rate decay (ELECTRA, DeBERTa): the head trains at lr, the top layer at lr * decay,
     # the one below at lr * decay ** 2, ..., the embeddings at the lowest rate (see optim.param_groups). 1 = off.
     layer_lr_decay: float = 1.0
+    # > 0: R-Drop for fine-tuning classification, regression and token classification (see
+    # objectives.RDropObjective): each batch runs twice with different dropout, and this weight times the gap between
+    # the two predictions joins the loss. 0 = off.
+    rdrop_alpha: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "max_steps"):
@@ -80,6 +84,8 @@ class TrainConfig:
             raise PlmkitError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
         if not 0.0 < self.layer_lr_decay <= 1.0:
             raise PlmkitError(f"train.layer_lr_decay must be in (0, 1], got {self.layer_lr_decay}")
+        if self.rdrop_alpha < 0:
+            raise PlmkitError(f"train.rdrop_alpha must be >= 0, got {self.rdrop_alpha}")
         if self.keep_last < 1:
             raise PlmkitError(f"train.keep_last must be >= 1, got {self.keep_last}")
         if self.schedule_by_time and not self.max_minutes:

@@ -24,12 +24,13 @@ import torch
 
 from plmkit.errors import PlmkitError
 from plmkit.training.config import ImplConfig, TrainConfig, dataclass_from_dict
-from plmkit.training.objectives import Seq2SeqObjective, SupervisedObjective
+from plmkit.training.objectives import RDropObjective, Seq2SeqObjective, SupervisedObjective
 from plmkit.training.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
 SECTIONS = ("task", "model", "data", "train", "impl")
+RDROP_KINDS = ("sequence-classification", "token-classification")  # the heads with logits to compare
 # Defaults that differ from TrainConfig's (which are pretraining's): BERT's fine-tuning recipe.
 TRAIN_DEFAULTS = {"lr": 3e-5, "batch_size": 32, "warmup_ratio": 0.1, "weight_decay": 0.01, "adam_eps": 1e-8,
                   "log_every": 50, "keep_last": 1, "max_steps": 1}
@@ -109,6 +110,10 @@ def finetune(recipe: dict[str, Any], seeds: list[int] | None = None) -> Finetune
     if "best_metric" not in train_section:
         train_section["best_metric"] = task.main_metric
 
+    rdrop_alpha = train_section.get("rdrop_alpha", 0.0)
+    if rdrop_alpha and task.kind not in RDROP_KINDS:
+        raise PlmkitError(f"train.rdrop_alpha is for {' and '.join(RDROP_KINDS)} tasks, not {task.kind}")
+
     train_examples = task.read(data.data_dir, data.train_split)
     if data.max_train_examples:
         train_examples = train_examples[:data.max_train_examples]
@@ -142,7 +147,12 @@ def finetune(recipe: dict[str, Any], seeds: list[int] | None = None) -> Finetune
     label_smoothing = train_section.get("label_smoothing", 0.0)
     if label_smoothing and task.kind != "text2text":
         raise PlmkitError(f"train.label_smoothing is for sequence-to-sequence tasks, not {task.kind}")
-    objective = Seq2SeqObjective(label_smoothing) if task.kind == "text2text" else SupervisedObjective(label_key)
+    if task.kind == "text2text":
+        objective = Seq2SeqObjective(label_smoothing)
+    elif rdrop_alpha:
+        objective = RDropObjective(rdrop_alpha, label_key)
+    else:
+        objective = SupervisedObjective(label_key)
     lengths = [len(f["input_ids"]) for f in train_features] if data.group_by_length else None
     output_root = Path(train_section["output_dir"])
     seeds = seeds or [train_section.get("seed", 0)]

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from plmkit.heads.mlm import IGNORE_INDEX
@@ -57,6 +58,48 @@ class SupervisedObjective:
 
     def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {"loss": model(**batch).loss}
+
+
+class RDropObjective:
+    """R-Drop (Liang et al. 2021, "R-Drop: Regularized Dropout for Neural Networks"): every example goes through
+    the model twice in one batch, so with two different dropout masks, and the loss is the task loss of both
+    passes plus `alpha` times how far the two predictions are apart: the symmetric KL divergence of the two class
+    distributions (per example; per labelled token for token classification; per label, of the two Bernoullis,
+    for multi-label), or the squared difference of the two predictions for regression. A step costs about twice
+    the compute. Dropout must be on (`hidden_dropout` > 0) for the two passes to differ. The terms are logged as
+    `task_loss` and `rdrop_loss`."""
+
+    def __init__(self, alpha: float, label_key: str = "labels") -> None:
+        self.alpha = alpha
+        self.supervised = SupervisedObjective(label_key)
+
+    def counts(self, batch: dict[str, torch.Tensor]) -> dict[str, int]:
+        count = self.supervised.counts(batch)["loss"]
+        return {"task": count, "rdrop": count}
+
+    def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = model(**{key: torch.cat([value, value]) for key, value in batch.items()})
+        first, second = out.logits.float().chunk(2)
+        labels = batch[self.supervised.label_key]
+        if labels.dtype == torch.long and labels.dim() >= 2:  # token labels: the labelled positions only
+            keep = labels.ne(IGNORE_INDEX)
+            first, second = first[keep], second[keep]
+        return {"task": out.loss, "rdrop": self.alpha * prediction_gap(first, second, labels)}
+
+
+def prediction_gap(first: torch.Tensor, second: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """How far two predictions (N, L) of the same N items are apart, averaged over the items: the symmetric KL
+    divergence ((KL(p|q) + KL(q|p)) / 2) of the softmax distributions; of the sigmoid Bernoullis summed over the
+    labels for multi-label (float labels of L > 1 columns); the squared difference for one output (regression)."""
+    if first.shape[-1] == 1:
+        return F.mse_loss(first, second)
+    if labels.is_floating_point():
+        log_p, log_not_p = F.logsigmoid(first), F.logsigmoid(-first)
+        log_q, log_not_q = F.logsigmoid(second), F.logsigmoid(-second)
+        gap = ((log_p.exp() - log_q.exp()) * (log_p - log_not_p - log_q + log_not_q)).sum(-1)
+        return 0.5 * gap.mean()
+    log_p, log_q = F.log_softmax(first, dim=-1), F.log_softmax(second, dim=-1)
+    return 0.5 * ((log_p.exp() - log_q.exp()) * (log_p - log_q)).sum(-1).mean()
 
 
 class CausalLMObjective:
