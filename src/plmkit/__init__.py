@@ -37,18 +37,15 @@ __version__ = "0.1.0"
 def from_pretrained(name_or_path: str | Path, **config_overrides) -> BertPreTrainedModel | CausalLM | Seq2SeqLM:
     """Load a Hugging Face BERT directory (or hub id) with whichever heads its weights have; a GPT-2 or Llama
     directory, or a llama.cpp `.gguf` file, as a CausalLM; a T5 or BART directory as a Seq2SeqLM."""
-    from plmkit.interop import detect_architecture, resolve_model_dir
-    from plmkit.interop.checkpoint import read_hf_config_dict
-    from plmkit.interop.hf_decoder import FORMATS
-    from plmkit.interop.hf_seq2seq import FORMATS as SEQ2SEQ_FORMATS
+    from plmkit.interop import detect_architecture, model_family, resolve_model_dir
 
     if str(name_or_path).endswith(".gguf"):
         return CausalLM.from_pretrained(name_or_path, **config_overrides)
     model_dir = resolve_model_dir(name_or_path)
-    model_type = read_hf_config_dict(model_dir).get("model_type")
-    if model_type in FORMATS:
+    family = model_family(model_dir)
+    if family == "decoder":
         return CausalLM.from_pretrained(model_dir, **config_overrides)
-    if model_type in SEQ2SEQ_FORMATS:
+    if family == "seq2seq":
         return Seq2SeqLM.from_pretrained(model_dir, **config_overrides)
     return MODEL_CLASSES[detect_architecture(model_dir)].from_pretrained(model_dir, **config_overrides)
 

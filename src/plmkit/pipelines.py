@@ -270,10 +270,9 @@ class SummarizationPipeline(Text2TextGenerationPipeline):
 
 def is_seq2seq_dir(model_dir: Path) -> bool:
     """Whether a model directory holds an encoder-decoder (its config's model_type is t5 or bart)."""
-    from plmkit.interop.checkpoint import read_hf_config_dict
+    from plmkit.interop import model_family
 
-    config = read_hf_config_dict(model_dir)
-    return config.get("model_type") in ("t5", "bart")
+    return model_family(model_dir) == "seq2seq"
 
 
 PIPELINES: dict[str, type[Pipeline]] = {

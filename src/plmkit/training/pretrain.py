@@ -135,15 +135,15 @@ def pretrained_dir(section: Any) -> Path | None:
 
 def pretrained_config(model_dir: Path) -> ModelConfig:
     """A checkpoint's config, read by its model_type: BERT, GPT-2/Llama or T5/BART."""
-    from plmkit.interop.checkpoint import read_config, read_hf_config_dict
-    from plmkit.interop.hf_decoder import FORMATS, read_decoder_config
-    from plmkit.interop.hf_seq2seq import FORMATS as SEQ2SEQ_FORMATS
+    from plmkit.interop import model_family
+    from plmkit.interop.checkpoint import read_config
+    from plmkit.interop.hf_decoder import read_decoder_config
     from plmkit.interop.hf_seq2seq import read_seq2seq_config
 
-    model_type = read_hf_config_dict(model_dir).get("model_type")
-    if model_type in FORMATS:
+    family = model_family(model_dir)
+    if family == "decoder":
         return read_decoder_config(model_dir)[0]
-    if model_type in SEQ2SEQ_FORMATS:
+    if family == "seq2seq":
         return read_seq2seq_config(model_dir)[0]
     return read_config(model_dir)
 
