@@ -525,6 +525,8 @@ def main() -> None:
     parser.add_argument("--transformers-only", action="store_true",
                         help="run only the transformers side of each task (SQuAD, GLUE, CoNLL-2003), for a task "
                              "whose plmkit side is already measured")
+    parser.add_argument("--model", help="start from this checkpoint directory instead of the offline all-MiniLM-L6-v2 "
+                                         "(e.g. cola_pretask.py's intermediate model), both sides")
     parser.add_argument("--epochs", type=float,
                         help="train each task (both sides, where --hf-* runs one) for this many epochs instead of "
                              "its recipe's")
@@ -539,7 +541,7 @@ def main() -> None:
             parser.error(f"override {item!r}: only the task, data and train sections of a recipe can be changed here")
     # --epochs N is data.epochs=N
     changes = ([f"data.epochs={args.epochs}"] if args.epochs is not None else []) + args.overrides
-    model_dir = offline_model_dir()
+    model_dir = Path(args.model) if args.model else offline_model_dir()
     seeds = [int(s) for s in args.seeds.split(",")]
     out = Path(args.out)
     names = args.tasks.split(",")
