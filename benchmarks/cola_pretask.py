@@ -35,12 +35,10 @@ MIN_WORDS, MAX_WORDS, DEV_GROUPS = 4, 20, 1000
 PRETASK = {"data": {"epochs": 1}, "train": {"lr": 5e-5, "batch_size": 32, "warmup_ratio": 0.1, "eval_every": 800}}
 
 
-def brown_sentences(path: Path) -> list[list[tuple[str, str]]]:
-    """Brown sentences of MIN_WORDS-MAX_WORDS words that end a sentence, quote marks dropped, no brackets."""
-    from plmkit.data.tagged import read_tagged
-
+def brown_sentences(corpus: list[list[tuple[str, str]]]) -> list[list[tuple[str, str]]]:
+    """The corpus's sentences of MIN_WORDS-MAX_WORDS words that end a sentence, quote marks dropped, no brackets."""
     kept = []
-    for sentence in read_tagged(path):
+    for sentence in corpus:
         sentence = [(w, t) for w, t in sentence if w not in ("``", "''")]
         words = sum(t[:1].isalpha() for _, t in sentence)
         if (MIN_WORDS <= words <= MAX_WORDS and sentence[-1][0] in (".", "?", "!")
@@ -56,9 +54,9 @@ def build_data(out: Path, seed: int = 0) -> dict:
     from plmkit.tasks import get_task
 
     rng = random.Random(seed)
-    brown_zip = data_root() / "nltk_corpora" / "brown.zip"
-    tagger = unigram_tagger(read_tagged(brown_zip))
-    brown = brown_sentences(brown_zip)
+    corpus = list(read_tagged(data_root() / "nltk_corpora" / "brown.zip"))  # read once: tagger and sentences
+    tagger = unigram_tagger(corpus)
+    brown = brown_sentences(corpus)
     verbs = verb_forms(brown[:5000])
     cola = [tag_text(e.text, tagger) for e in get_task("cola").read(data_root(), "train") if e.label == "1"]
     groups = acceptability_pairs(brown, rng, verbs) + acceptability_pairs(cola, rng, verbs, negatives=2)
@@ -97,7 +95,7 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     t0 = time.perf_counter()
     stage = out / "pretask"
-    best = stage / "best"
+    best = stage / "model"  # written when stage 2 has finished (best/ exists from its first evaluation on)
     if not (best / "config.json").exists():
         counts = build_data(out / "data")
         print("synthetic acceptability data: " + ", ".join(f"{k} {v}" for k, v in counts.items()), flush=True)

@@ -28,6 +28,13 @@ def _tagged_lines(name: str, text: str) -> Iterator[list[tuple[str, str]]]:
         yield sentence
 
 
+def _decode(name: str, data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise PlmkitError(f"{name}: not valid UTF-8 ({err.reason} at byte {err.start})") from err
+
+
 def read_tagged(path: str | Path, pattern: re.Pattern = CORPUS_FILE) -> Iterator[list[tuple[str, str]]]:
     """Sentences as [(word, tag)] (tags lower-cased) from each file whose name matches `pattern`, in name order,
     inside a zip (NLTK's brown.zip) or a folder."""
@@ -36,18 +43,14 @@ def read_tagged(path: str | Path, pattern: re.Pattern = CORPUS_FILE) -> Iterator
         raise PlmkitError(f"{path}: no such tagged corpus (NLTK's brown.zip or its unzipped folder)")
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and pattern.fullmatch(p.name))
-        sources = ((str(p), p.read_bytes) for p in files)
-    else:
-        archive = zipfile.ZipFile(path)
+        if not files:
+            raise PlmkitError(f"{path}: no corpus files (names like ca01) in it")
+        for file in files:
+            yield from _tagged_lines(str(file), _decode(str(file), file.read_bytes()))
+        return
+    with zipfile.ZipFile(path) as archive:
         names = sorted(n for n in archive.namelist() if pattern.fullmatch(n))
-        sources = ((f"{path}:{n}", lambda n=n: archive.read(n)) for n in names)
-    found = False
-    for name, read in sources:
-        found = True
-        try:
-            text = read().decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise PlmkitError(f"{name}: not valid UTF-8 ({err.reason} at byte {err.start})") from err
-        yield from _tagged_lines(name, text)
-    if not found:
-        raise PlmkitError(f"{path}: no corpus files (names like ca01) in it")
+        if not names:
+            raise PlmkitError(f"{path}: no corpus files (names like ca01) in it")
+        for name in names:
+            yield from _tagged_lines(f"{path}:{name}", _decode(f"{path}:{name}", archive.read(name)))
