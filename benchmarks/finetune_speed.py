@@ -8,7 +8,17 @@ memory is its own), one after the other in this one command; the table gives tra
 only, not loading or evaluation), dev accuracy and peak resident memory, and the speed ratio
 transformers' time / plmkit's time (> 1: plmkit is faster). The bar: ≥ 1.5x at equal accuracy (± 0.5 points).
 
-    .venv/bin/python benchmarks/finetune_speed.py [--max-train-examples N] [--threads N]
+Last, it prints each side's compute floor: the FLOPs of the step's matmuls (projections, feed-forward, attention
+scores; forward and backward), counted from the tokenized batches each side runs (plmkit: real tokens only, and the
+last layer queries [CLS] alone; transformers: batches padded to their longest sentence, every position through every
+layer), divided by this machine's fp32 matmul peak measured in this process on the same shapes. A side cannot train
+faster than its floor, so transformers' measured time / plmkit's floor is the highest ratio this comparison can
+show on this machine without changing the arithmetic.
+
+With --random-batches both sides draw plain shuffled batches instead (`transformers`' default sampler; plmkit's
+`data.group_by_length=false`): transformers pads each batch to its longest sentence, plmkit runs real tokens only.
+
+    .venv/bin/python benchmarks/finetune_speed.py [--max-train-examples N] [--threads N] [--random-batches]
 """
 
 from __future__ import annotations
@@ -37,14 +47,14 @@ def read_sst2(split: str, limit: int | None) -> tuple[list[str], list[int]]:
     return [r[0] for r in rows], [int(r[1]) for r in rows]
 
 
-def run_plmkit(model_dir: Path, limit: int | None, out: Path) -> dict:
+def run_plmkit(model_dir: Path, limit: int | None, out: Path, grouped: bool) -> dict:
     from plmkit.training.finetune import finetune
 
     n = len(read_sst2("train", limit)[0])
     steps = -(-n // SETTINGS["batch_size"])
     recipe = {"task": {"name": "sst2"}, "model": str(model_dir),
               "data": {"data_dir": str(data_dir()), "max_length": SETTINGS["max_length"], "epochs": 1,
-                       "max_train_examples": limit, "group_by_length": True},
+                       "max_train_examples": limit, "group_by_length": grouped},
               "train": {"output_dir": str(out), "lr": SETTINGS["lr"], "batch_size": SETTINGS["batch_size"],
                         "weight_decay": SETTINGS["weight_decay"], "warmup_ratio": SETTINGS["warmup_ratio"],
                         "adam_eps": 1e-8, "clip_grad_norm": 1.0, "max_steps": steps, "log_every": 100,
@@ -58,7 +68,7 @@ def run_plmkit(model_dir: Path, limit: int | None, out: Path) -> dict:
     return {"train_s": train_s, "accuracy": result.metrics["accuracy"], "steps": steps}
 
 
-def run_transformers(model_dir: Path, limit: int | None, out: Path) -> dict:
+def run_transformers(model_dir: Path, limit: int | None, out: Path, grouped: bool) -> dict:
     import numpy as np
     import torch
     from transformers import (
@@ -93,7 +103,7 @@ def run_transformers(model_dir: Path, limit: int | None, out: Path) -> dict:
                              warmup_steps=round(SETTINGS["warmup_ratio"] * -(-len(train) // SETTINGS["batch_size"])),
                              optim="adamw_torch_fused", adam_epsilon=1e-8, max_grad_norm=1.0,
                              lr_scheduler_type="linear", seed=SETTINGS["seed"],
-                             train_sampling_strategy="group_by_length",
+                             train_sampling_strategy="group_by_length" if grouped else "random",
                              save_strategy="no", eval_strategy="no", report_to=[], logging_steps=100,
                              disable_tqdm=True, use_cpu=True, dataloader_num_workers=0)
     trainer = Trainer(model=model, args=args, train_dataset=train, data_collator=DataCollatorWithPadding(tokenizer))
@@ -113,14 +123,76 @@ def run_transformers(model_dir: Path, limit: int | None, out: Path) -> dict:
     return {"train_s": train_s, "accuracy": accuracy, "steps": trainer.state.global_step}
 
 
-def worker(which: str, limit: int | None, threads: int | None, out: Path) -> None:
+def matmul_peak_gflops(tokens: int, hidden: int, intermediate: int, repeats: int = 30) -> float:
+    """The median fp32 GFLOP/s of the step's main matmul shapes (forward and both backward products), measured here."""
+    import torch
+
+    rates = []
+    shapes = ((tokens, hidden, intermediate), (tokens, intermediate, hidden), (tokens, hidden, 3 * hidden),
+              (intermediate, tokens, hidden), (hidden, tokens, intermediate))  # (rows, inner, columns)
+    for rows, inner, cols in shapes:
+        a, b = torch.randn(rows, inner), torch.randn(inner, cols)
+        for _ in range(3):
+            a @ b
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            a @ b
+            times.append(time.perf_counter() - t0)
+        rates.append(2 * rows * inner * cols / sorted(times)[repeats // 2] / 1e9)
+    return sorted(rates)[len(rates) // 2]
+
+
+def matmul_flops(lengths: list[int], limit_batches: list[list[int]], config: dict) -> tuple[float, float]:
+    """Training FLOPs (forward + backward = 3x forward, 2 per multiply-add) of the encoder's matmuls over the epoch:
+    (plmkit: real tokens, last layer's queries [CLS] only; transformers: padded batches, full last layer)."""
+    C, inner, L = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
+    per_token = 4 * C * C + 2 * C * inner  # Q, K, V, output projection; feed-forward in and out
+    plmkit = padded = 0.0
+    for batch in limit_batches:
+        n = [lengths[i] for i in batch]
+        tokens, longest = sum(n), max(n)
+        attention = sum(2 * t * t * C for t in n)  # q·kᵀ and probs·v per layer
+        # last layer: K and V for every token, the rest for one query per sentence
+        plmkit += (L - 1) * (per_token * tokens + attention) + 2 * C * C * tokens \
+            + (2 * C * C + 2 * C * inner) * len(n) + sum(2 * t * C for t in n)
+        padded += L * (per_token * longest * len(n) + 2 * longest * longest * C * len(n))
+    return 6 * plmkit, 6 * padded
+
+
+def compute_floor(model_dir: Path, limit: int | None, threads: int | None, grouped: bool) -> dict:
+    """Each side's epoch at this machine's matmul peak, from the batches plmkit draws (grouped: the same mega-batch
+    sort as transformers' LengthGroupedSampler; plain shuffling otherwise. The random order differs from
+    transformers', the padding is alike)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from plmkit.training.data import ExampleStream
+
+    if threads:
+        torch.set_num_threads(threads)
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    texts, _ = read_sst2("train", limit)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=SETTINGS["max_length"])["input_ids"]]
+    stream = ExampleStream(lengths, lambda examples, seeds: examples, batch_size=SETTINGS["batch_size"],
+                           seed=SETTINGS["seed"], lengths=lengths if grouped else None)
+    order = stream.order(0).tolist()
+    batches = [order[i:i + SETTINGS["batch_size"]] for i in range(0, len(order), SETTINGS["batch_size"])]
+    plmkit, padded = matmul_flops(lengths, batches, config)
+    peak = matmul_peak_gflops(sum(lengths) // len(batches), config["hidden_size"], config["intermediate_size"])
+    return {"peak_gflops": peak, "plmkit_floor_s": plmkit / peak / 1e9, "transformers_floor_s": padded / peak / 1e9,
+            "steps": len(batches)}
+
+
+def worker(which: str, limit: int | None, threads: int | None, out: Path, grouped: bool) -> None:
     import torch
 
     from plmkit.interop.hub import offline_model_dir
 
     if threads:
         torch.set_num_threads(threads)
-    result = (run_plmkit if which == "plmkit" else run_transformers)(offline_model_dir(), limit, out)
+    result = (run_plmkit if which == "plmkit" else run_transformers)(offline_model_dir(), limit, out, grouped)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(result), flush=True)
 
@@ -129,11 +201,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-train-examples", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--random-batches", action="store_true",
+                        help="plain shuffled batches on both sides (transformers' default) instead of length-grouped")
     parser.add_argument("--worker", choices=["plmkit", "transformers"], help=argparse.SUPPRESS)
     parser.add_argument("--out", default="/tmp/plmkit-finetune-speed", help="scratch directory")
     args = parser.parse_args()
     if args.worker:
-        worker(args.worker, args.max_train_examples, args.threads, Path(args.out) / args.worker)
+        worker(args.worker, args.max_train_examples, args.threads, Path(args.out) / args.worker,
+               grouped=not args.random_batches)
         return
     if not data_dir().is_dir():
         sys.exit(f"SST-2 not found at {data_dir()} (set PLMKIT_DATA)")
@@ -144,13 +219,16 @@ def main() -> None:
             cmd += ["--max-train-examples", str(args.max_train_examples)]
         if args.threads:
             cmd += ["--threads", str(args.threads)]
+        if args.random_batches:
+            cmd += ["--random-batches"]
         done = subprocess.run(cmd, capture_output=True, text=True)
         line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
         if done.returncode or line is None:
             sys.exit(f"{which} run failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
         results[which] = json.loads(line[len("RESULT "):])
     n = args.max_train_examples or 67349
-    print(f"SST-2, {n} training sentences, 1 epoch, all-MiniLM-L6-v2, fp32 CPU")
+    batches = "plain shuffled batches" if args.random_batches else "length-grouped batches"
+    print(f"SST-2, {n} training sentences, 1 epoch, {batches}, all-MiniLM-L6-v2, fp32 CPU")
     print(f"{'trainer':<14} {'steps':>6} {'train s':>9} {'dev acc':>8} {'peak RSS MB':>12}")
     for which, r in results.items():
         print(f"{which:<14} {r['steps']:>6} {r['train_s']:>9.1f} {100 * r['accuracy']:>8.2f} {r['peak_rss_mb']:>12.0f}")
@@ -158,6 +236,18 @@ def main() -> None:
     gap = 100 * (results["plmkit"]["accuracy"] - results["transformers"]["accuracy"])
     print(f"speed ratio transformers/plmkit: {ratio:.2f}x; "
           f"accuracy difference plmkit - transformers: {gap:+.2f} points")
+    from plmkit.interop.hub import offline_model_dir
+
+    floor = compute_floor(offline_model_dir(), args.max_train_examples, args.threads, not args.random_batches)
+    per_step = {which: 1000 * results[which]["train_s"] / results[which]["steps"] for which in results}
+    print(f"compute floor at this machine's measured fp32 matmul peak ({floor['peak_gflops']:.0f} GFLOP/s): "
+          f"plmkit {floor['plmkit_floor_s']:.1f} s, transformers {floor['transformers_floor_s']:.1f} s")
+    for which in results:
+        spent = results[which]["train_s"] - floor[f"{which}_floor_s"]
+        print(f"  {which}: {per_step[which]:.0f} ms a step, of which {1000 * spent / floor['steps']:.0f} ms "
+              f"outside the matmuls ({100 * spent / results[which]['train_s']:.0f}%)")
+    print(f"highest ratio attainable without changing the arithmetic (transformers' time / plmkit's floor): "
+          f"{results['transformers']['train_s'] / floor['plmkit_floor_s']:.2f}x")
 
 
 if __name__ == "__main__":
