@@ -11,7 +11,7 @@ transformers' time / plmkit's time (> 1: plmkit is faster). The bar: ≥ 1.5x at
 Last, it prints each side's compute floor: the FLOPs of the step's matmuls (projections, feed-forward, attention
 scores; forward and backward), counted from the tokenized batches each side runs (plmkit: real tokens only, and the
 last layer queries [CLS] alone; transformers: batches padded to their longest sentence, every position through every
-layer), divided by this machine's fp32 matmul peak measured in this process on the same shapes. A side cannot train
+layer), divided by this machine's fp32 matmul peak, measured after both runs on the same shapes. A side cannot train
 faster than its floor, so transformers' measured time / plmkit's floor is the highest ratio this comparison can
 show on this machine without changing the arithmetic.
 
@@ -124,7 +124,9 @@ def run_transformers(model_dir: Path, limit: int | None, out: Path, grouped: boo
 
 
 def matmul_peak_gflops(tokens: int, hidden: int, intermediate: int, repeats: int = 30) -> float:
-    """The median fp32 GFLOP/s of the step's main matmul shapes (forward and both backward products), measured here."""
+    """This machine's fp32 matmul rate on the step's main shapes (forward and both backward products): the median
+    over the shapes of each one's fastest of `repeats` runs (the fastest, so that a neighbour's load on a shared
+    machine cannot raise the floor)."""
     import torch
 
     rates = []
@@ -139,7 +141,7 @@ def matmul_peak_gflops(tokens: int, hidden: int, intermediate: int, repeats: int
             t0 = time.perf_counter()
             a @ b
             times.append(time.perf_counter() - t0)
-        rates.append(2 * rows * inner * cols / sorted(times)[repeats // 2] / 1e9)
+        rates.append(2 * rows * inner * cols / min(times) / 1e9)
     return sorted(rates)[len(rates) // 2]
 
 
