@@ -11,9 +11,9 @@ transformers' time / plmkit's time (> 1: plmkit is faster). The bar: ≥ 1.5x at
 Last, it prints each side's compute floor: the FLOPs of the step's matmuls (projections, feed-forward, attention
 scores; forward and backward), counted from the tokenized batches each side runs (plmkit: real tokens only, and the
 last layer queries [CLS] alone; transformers: batches padded to their longest sentence, every position through every
-layer), divided by this machine's fp32 matmul peak, measured after both runs on the same shapes. A side cannot train
-faster than its floor, so transformers' measured time / plmkit's floor is the highest ratio this comparison can
-show on this machine without changing the arithmetic.
+layer), divided by this machine's fp32 matmul peak, measured after both runs on the same shapes (each shape's
+fastest of 30 runs). A side cannot train faster than its floor, so transformers' measured time / plmkit's floor is
+the highest ratio this comparison can show on this machine without changing the arithmetic.
 
 With --random-batches both sides draw plain shuffled batches instead (`transformers`' default sampler; plmkit's
 `data.group_by_length=false`): transformers pads each batch to its longest sentence, plmkit runs real tokens only.
@@ -145,13 +145,13 @@ def matmul_peak_gflops(tokens: int, hidden: int, intermediate: int, repeats: int
     return sorted(rates)[len(rates) // 2]
 
 
-def matmul_flops(lengths: list[int], limit_batches: list[list[int]], config: dict) -> tuple[float, float]:
+def matmul_flops(lengths: list[int], batches: list[list[int]], config: dict) -> tuple[float, float]:
     """Training FLOPs (forward + backward = 3x forward, 2 per multiply-add) of the encoder's matmuls over the epoch:
     (plmkit: real tokens, last layer's queries [CLS] only; transformers: padded batches, full last layer)."""
     C, inner, L = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
     per_token = 4 * C * C + 2 * C * inner  # Q, K, V, output projection; feed-forward in and out
     plmkit = padded = 0.0
-    for batch in limit_batches:
+    for batch in batches:
         n = [lengths[i] for i in batch]
         tokens, longest = sum(n), max(n)
         attention = sum(2 * t * t * C for t in n)  # q·kᵀ and probs·v per layer
