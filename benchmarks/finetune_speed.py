@@ -127,21 +127,13 @@ def matmul_peak_gflops(tokens: int, hidden: int, intermediate: int, repeats: int
     """This machine's fp32 matmul rate on the step's main shapes (forward and both backward products): the median
     over the shapes of each one's fastest of `repeats` runs (the fastest, so that a neighbour's load on a shared
     machine cannot raise the floor)."""
-    import torch
+    from timing import matmul_times  # benchmarks/ is the script directory (imports torch: only after the workers)
 
     rates = []
     shapes = ((tokens, hidden, intermediate), (tokens, intermediate, hidden), (tokens, hidden, 3 * hidden),
               (intermediate, tokens, hidden), (hidden, tokens, intermediate))  # (rows, inner, columns)
     for rows, inner, cols in shapes:
-        a, b = torch.randn(rows, inner), torch.randn(inner, cols)
-        for _ in range(3):
-            a @ b
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            a @ b
-            times.append(time.perf_counter() - t0)
-        rates.append(2 * rows * inner * cols / min(times) / 1e9)
+        rates.append(2 * rows * inner * cols / min(matmul_times(rows, inner, cols, repeats, warmup=3)) / 1e9)
     return sorted(rates)[len(rates) // 2]
 
 

@@ -34,7 +34,7 @@ import tempfile
 import time
 
 import torch
-from timing import profile, step_fn  # noqa: E402  (benchmarks/ is the script directory)
+from timing import matmul_times, profile, step_fn  # noqa: E402  (benchmarks/ is the script directory)
 from torch import nn
 
 import plmkit
@@ -72,14 +72,7 @@ def adamw(model: nn.Module, fused: bool | None) -> torch.optim.AdamW:
 
 
 def matmul_flops(n: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - t0)
-    return 2 * n**3 / statistics.median(times)
+    return 2 * n**3 / statistics.median(matmul_times(n, n, n, repeats))
 
 
 def model_flops(model: plmkit.BertForPreTraining, batch: int, seq: int) -> float:

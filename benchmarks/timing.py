@@ -1,4 +1,5 @@
-"""What the side-by-side training benchmarks share: one timed optimizer step, and a profile of a few steps."""
+"""What the side-by-side training benchmarks share: one timed optimizer step, a profile of a few steps, and timed
+matmuls for the machine's fp32 rate."""
 
 from __future__ import annotations
 
@@ -18,6 +19,19 @@ def step_fn(model: nn.Module, optimizer: torch.optim.Optimizer, **forward_kwargs
         optimizer.zero_grad(set_to_none=True)
         return time.perf_counter() - t0
     return step
+
+
+def matmul_times(rows: int, inner: int, cols: int, repeats: int, warmup: int = 1) -> list[float]:
+    """Seconds of each of `repeats` fp32 (rows × inner) · (inner × cols) products, after `warmup` untimed ones."""
+    a, b = torch.randn(rows, inner), torch.randn(inner, cols)
+    for _ in range(warmup):
+        a @ b
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t0)
+    return times
 
 
 def profile(step: Callable[[dict], float], batches: list[dict], rows: int) -> None:
