@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import re
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 from plmkit.errors import PlmkitError
@@ -28,11 +29,16 @@ def _tagged_lines(name: str, text: str) -> Iterator[list[tuple[str, str]]]:
         yield sentence
 
 
-def _decode(name: str, data: bytes) -> str:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise PlmkitError(f"{name}: not valid UTF-8 ({err.reason} at byte {err.start})") from err
+def _sentences(path: Path, sources: list[tuple[str, Callable[[], bytes]]]) -> Iterator[list[tuple[str, str]]]:
+    """The sentences of each (name, read its bytes) source in order; errors name the source and line."""
+    if not sources:
+        raise PlmkitError(f"{path}: no corpus files (names like ca01) in it")
+    for name, read in sources:
+        try:
+            text = read().decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise PlmkitError(f"{name}: not valid UTF-8 ({err.reason} at byte {err.start})") from err
+        yield from _tagged_lines(name, text)
 
 
 def read_tagged(path: str | Path, pattern: re.Pattern = CORPUS_FILE) -> Iterator[list[tuple[str, str]]]:
@@ -43,14 +49,8 @@ def read_tagged(path: str | Path, pattern: re.Pattern = CORPUS_FILE) -> Iterator
         raise PlmkitError(f"{path}: no such tagged corpus (NLTK's brown.zip or its unzipped folder)")
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and pattern.fullmatch(p.name))
-        if not files:
-            raise PlmkitError(f"{path}: no corpus files (names like ca01) in it")
-        for file in files:
-            yield from _tagged_lines(str(file), _decode(str(file), file.read_bytes()))
+        yield from _sentences(path, [(str(p), p.read_bytes) for p in files])
         return
     with zipfile.ZipFile(path) as archive:
         names = sorted(n for n in archive.namelist() if pattern.fullmatch(n))
-        if not names:
-            raise PlmkitError(f"{path}: no corpus files (names like ca01) in it")
-        for name in names:
-            yield from _tagged_lines(f"{path}:{name}", _decode(f"{path}:{name}", archive.read(name)))
+        yield from _sentences(path, [(f"{path}:{n}", partial(archive.read, n)) for n in names])
