@@ -95,13 +95,13 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     t0 = time.perf_counter()
     stage = out / "pretask"
-    best = stage / "model"  # written when stage 2 has finished (best/ exists from its first evaluation on)
-    if not (best / "config.json").exists():
+    intermediate = stage / "model"  # written when stage 2 has finished (best/ exists from its first evaluation on)
+    if not (intermediate / "config.json").exists():
         counts = build_data(out / "data")
         print("synthetic acceptability data: " + ", ".join(f"{k} {v}" for k, v in counts.items()), flush=True)
-        best = pretask(offline_model_dir(), out / "data", stage)
-    print(f"intermediate model: {best} ({(time.perf_counter() - t0) / 60:.1f} min)", flush=True)
-    metrics = run_task("cola", best, out, seeds)
+        intermediate = pretask(offline_model_dir(), out / "data", stage)
+    print(f"intermediate model: {intermediate} ({(time.perf_counter() - t0) / 60:.1f} min)", flush=True)
+    metrics = run_task("cola", intermediate, out, seeds)
     key, bar = TASKS["cola"][1]
     print(result_line("cola", "plmkit", metrics, key, bar), flush=True)
     if args.json:
