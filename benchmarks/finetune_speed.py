@@ -137,7 +137,7 @@ def matmul_peak_gflops(tokens: int, hidden: int, intermediate: int, repeats: int
     return sorted(rates)[len(rates) // 2]
 
 
-def matmul_flops(lengths: list[int], batches: list[list[int]], config: dict) -> tuple[float, float]:
+def epoch_matmul_flops(lengths: list[int], batches: list[list[int]], config: dict) -> tuple[float, float]:
     """Training FLOPs (forward + backward = 3x forward, 2 per multiply-add) of the encoder's matmuls over the epoch:
     (plmkit: real tokens, last layer's queries [CLS] only; transformers: padded batches, full last layer)."""
     C, inner, L = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
@@ -173,7 +173,7 @@ def compute_floor(model_dir: Path, limit: int | None, threads: int | None, group
                            seed=SETTINGS["seed"], lengths=lengths if grouped else None)
     order = stream.order(0).tolist()
     batches = [order[i:i + SETTINGS["batch_size"]] for i in range(0, len(order), SETTINGS["batch_size"])]
-    plmkit, padded = matmul_flops(lengths, batches, config)
+    plmkit, padded = epoch_matmul_flops(lengths, batches, config)
     peak = matmul_peak_gflops(sum(lengths) // len(batches), config["hidden_size"], config["intermediate_size"])
     return {"peak_gflops": peak, "plmkit_floor_s": plmkit / peak / 1e9, "transformers_floor_s": padded / peak / 1e9,
             "steps": len(batches)}
