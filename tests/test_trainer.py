@@ -484,6 +484,50 @@ def test_release_free_memory_returns_freed_heap_pages():
     libc.free(chunks[-1])
 
 
+_ONEDNN_PROBE = """
+import ctypes, sys, torch, torch.nn.functional as F
+if sys.argv[1] == "capped":
+    from plmkit.training.memory import bound_onednn_primitive_cache
+    assert bound_onednn_primitive_cache()
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in
+                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = Info
+x = torch.randn(400, 64, requires_grad=True)
+F.gelu(x[:10]).sum().backward()
+before = libc.mallinfo2().uordblks
+for n in range(50, 350):  # 300 token counts, as 300 steps of unpadded batches
+    F.gelu(x[:n]).sum().backward()
+print(libc.mallinfo2().uordblks - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallinfo2")
+def test_capped_onednn_cache_keeps_the_heap_flat_over_new_shapes():
+    """GELU on 300 new shapes: with oneDNN's default cache every shape's primitive stays on the heap (megabytes, in
+    small blocks amid the activations); capped, the heap in use stays where it was. Each run is a fresh process,
+    since oneDNN reads the capacity once."""
+    env = {k: v for k, v in os.environ.items() if k not in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY",
+                                                           "DNNL_PRIMITIVE_CACHE_CAPACITY")}
+    grown = {mode: int(subprocess.run([sys.executable, "-c", _ONEDNN_PROBE, mode], env=env, capture_output=True,
+                                      text=True, check=True).stdout.split()[-1]) for mode in ("default", "capped")}
+    assert grown["default"] > 5_000_000, grown  # the probe sees the growth it guards against
+    assert grown["capped"] < 2_000_000, grown
+
+
+def test_cpu_trainer_caps_onednn_cache_unless_the_user_set_it(tmp_path, monkeypatch):
+    from plmkit.training.memory import ONEDNN_CACHE_ENV
+
+    monkeypatch.delenv(ONEDNN_CACHE_ENV, raising=False)
+    monkeypatch.delenv("DNNL_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    make_trainer(str(tmp_path / "a"), max_steps=1)
+    assert os.environ[ONEDNN_CACHE_ENV] == "16"
+    monkeypatch.setenv(ONEDNN_CACHE_ENV, "300")
+    make_trainer(str(tmp_path / "b"), max_steps=1)
+    assert os.environ[ONEDNN_CACHE_ENV] == "300"
+
+
 def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.named_parameters()}
 

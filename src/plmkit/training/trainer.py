@@ -65,7 +65,7 @@ from plmkit.training.distributed import (
     shard_model,
 )
 from plmkit.training.lookup_grads import LookupGrads
-from plmkit.training.memory import release_free_memory
+from plmkit.training.memory import bound_onednn_primitive_cache, release_free_memory
 from plmkit.training.objectives import Objective
 from plmkit.training.optim import build_optimizer, clip_grad_norm, lr_at, set_lr
 from plmkit.training.tracking import MetricsLog, plot_loss_curve
@@ -106,6 +106,8 @@ class Trainer:
                  lengths: Sequence[int] | None = None) -> None:
         self.config, self.impl = config, impl or ImplConfig()
         self.device = resolve_device(self.impl.device)
+        if self.device.type == "cpu":
+            bound_onednn_primitive_cache()  # before the first forward: unpadded batches are a new shape each step
         if self.impl.num_threads:
             torch.set_num_threads(self.impl.num_threads)
         self.dist: DistInfo = init_distributed(self.device.type)
