@@ -220,7 +220,7 @@ def main() -> None:
         if done.returncode or line is None:
             sys.exit(f"{which} run failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
         results[which] = json.loads(line[len("RESULT "):])
-    n = args.max_train_examples or 67349
+    n = len(read_sst2("train", args.max_train_examples)[0])  # what was read (PLMKIT_DATA may hold a subset)
     batches = "plain shuffled batches" if args.random_batches else "length-grouped batches"
     print(f"SST-2, {n} training sentences, 1 epoch, {batches}, all-MiniLM-L6-v2, fp32 CPU")
     print(f"{'trainer':<14} {'steps':>6} {'train s':>9} {'dev acc':>8} {'peak RSS MB':>12}")
