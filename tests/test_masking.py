@@ -157,20 +157,28 @@ def test_masked_only_needs_labels():
 
 
 def test_cpu_dropout_matches_nn_dropout_in_distribution_and_gradient():
-    """plmkit's CPU dropout keeps each element with probability 1 - p, scales by 1 / (1 - p), and its gradient is
-    the same mask; seeded, it repeats exactly."""
-    from plmkit.layers.dropout import Dropout, dropout
+    """plmkit's CPU dropout keeps each element with probability 1 - p (p rounded to a multiple of 1/32768), scales by
+    1 / (1 - p) with that same p, and its gradient is the same mask; seeded, it repeats exactly."""
+    from plmkit.layers.dropout import LEVELS, Dropout, dropout
 
-    x = torch.ones(400, 500, requires_grad=True)
+    x = torch.ones(401, 501, requires_grad=True)  # an odd count: the last 32-bit draw is half used
     torch.manual_seed(0)
     y = dropout(x, 0.1)
     kept = y != 0
     assert abs(kept.float().mean().item() - 0.9) < 0.005
-    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1 / 0.9))
+    # both 16-bit halves of each draw are used, and each is uniform: even and odd positions keep alike
+    flat = kept.flatten()[:-1].view(-1, 2).float().mean(0)
+    assert (flat - 0.9).abs().max().item() < 0.005
+    rounded = round(0.1 * LEVELS) / LEVELS
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1 / (1 - rounded)))
     y.sum().backward()
     torch.testing.assert_close(x.grad, y.detach())
     torch.manual_seed(0)
     assert torch.equal(dropout(x.detach(), 0.1), y.detach())
+    # a p that 15 bits cannot hold within 0.1% takes the float mask, exact to 2^-24
+    z = dropout(torch.ones(2000, 1000), 0.001)
+    assert abs((z == 0).float().mean().item() - 0.001) < 0.0002
+    torch.testing.assert_close(z[z != 0], torch.full_like(z[z != 0], 1 / 0.999))
     layer = Dropout(0.3).eval()
     assert layer(x) is x and dropout(x, 0.0) is x
 

@@ -79,6 +79,8 @@ def test_training_steps_match_the_transformers_trainer(tmp_path):
         assert a["lr"] == pytest.approx(b["learning_rate"], rel=1e-12)
         # transformers logs the loss as a float32
         assert (a["loss"], a["grad_norm"]) == pytest.approx((b["loss"], b["grad_norm"]), rel=1e-7)
+    # clipping fired (plmkit folds its coefficient into the fused AdamW step; transformers scales the gradients)
+    assert sum(r["grad_norm"] > settings["clip_grad_norm"] for r in mine) >= 2
     ours.save_pretrained(tmp_path / "plmkit-after")  # in transformers' names, through plmkit's interop map
     after = transformers.BertForQuestionAnswering.from_pretrained(tmp_path / "plmkit-after",
                                                                   dtype=torch.float64).state_dict()

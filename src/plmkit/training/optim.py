@@ -54,27 +54,62 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
                              betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_eps, fused=fused)
 
 
+def grad_norm_and_coef(parameters: list[nn.Parameter], max_norm: float,
+                       rows: dict[nn.Parameter, torch.Tensor] | None = None) -> tuple[float, torch.Tensor | None]:
+    """The gradients' total 2-norm (a float: a host sync, which the trainer's log needs anyway) and the clipping
+    coefficient `min(1, max_norm / (norm + 1e-6))` as a 0-dim tensor, or None where it is exactly 1 (nothing to
+    scale), as `torch.nn.utils.clip_grad_norm_` computes them.
+
+    `rows` {parameter: row indexes, unique}: gradients known to be zero outside those rows (the kept token-table
+    gradients of `training.lookup_grads`); their norm reads those rows only."""
+    rows = rows or {}
+    parts = [p.grad for p in parameters if p.grad is not None and p not in rows]
+    parts += [p.grad.index_select(0, r) for p, r in rows.items() if p.grad is not None]
+    total = _total_norm(parts)
+    norm = float(total)
+    if math.isfinite(norm) and max_norm / (norm + 1e-6) >= 1.0:
+        return norm, None
+    return norm, torch.clamp(max_norm / (total + 1e-6), max=1.0)
+
+
+def _total_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The 2-norm of all the tensors together, as `torch.nn.utils.get_total_norm`: from each one's sum of squares
+    by BLAS `dot` where the dtype allows it, in float64 across tensors. That is faster than torch's per-tensor
+    `vector_norm` on CPU (1.1 ms against 1.8 ms for all-MiniLM-L6-v2's 11M dense gradient values on 2 cores) and
+    nearer the float64 norm (3e-8 relative against 4e-6 on those)."""
+    if not tensors:
+        return torch.tensor(0.0)
+    squares = []
+    for t in tensors:
+        flat = t.reshape(-1)
+        if flat.dtype not in (torch.float32, torch.float64):
+            flat = flat.float()
+        squares.append(torch.dot(flat, flat).double())
+    return torch.stack(squares).sum().sqrt()
+
+
 def clip_grad_norm(parameters: list[nn.Parameter], max_norm: float,
                    rows: dict[nn.Parameter, torch.Tensor] | None = None) -> float:
     """`torch.nn.utils.clip_grad_norm_` (scale every gradient by min(1, max_norm / (norm + 1e-6))) that skips the
     scale when it is exactly 1: that multiply is a pass over every gradient for nothing, a few ms a step on CPU.
-    Returns the total 2-norm as a float (a host sync, which the trainer's log needs anyway).
-
-    `rows` {parameter: row indexes, unique}: gradients known to be zero outside those rows (the kept token-table
-    gradients of `training.lookup_grads`); their norm and scale read and write those rows only.
-    """
+    Returns the total 2-norm as a float. `rows`: as in `grad_norm_and_coef`; those gradients are scaled in their
+    rows only."""
     rows = rows or {}
-    params = [p for p in parameters if p.grad is not None and p not in rows]
-    sparse = [(p, r) for p, r in rows.items() if p.grad is not None]
-    parts = [p.grad for p in params] + [p.grad.index_select(0, r) for p, r in sparse]
-    total = torch.nn.utils.get_total_norm(parts)
-    norm = float(total)
-    if not math.isfinite(norm) or max_norm / (norm + 1e-6) < 1.0:
-        torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
-        scale = torch.clamp(max_norm / (total + 1e-6), max=1.0)
-        for (p, r), part in zip(sparse, parts[len(params):], strict=True):
-            p.grad.index_copy_(0, r, part * scale)
+    norm, coef = grad_norm_and_coef(parameters, max_norm, rows)
+    if coef is not None:
+        dense = [p.grad for p in parameters if p.grad is not None and p not in rows]
+        if dense:
+            torch._foreach_mul_(dense, coef)
+        for p, r in rows.items():
+            if p.grad is not None:
+                p.grad.index_copy_(0, r, p.grad.index_select(0, r) * coef)
     return norm
+
+
+def unscales_in_step(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether `optimizer.step()` divides each gradient by `optimizer.grad_scale` as it reads it (torch's fused
+    Adam, AdamW and SGD: the hook `torch.amp.GradScaler` uses), so that clipping can be folded into the step."""
+    return bool(getattr(optimizer, "_step_supports_amp_scaling", False))
 
 
 def lr_at(step: int, *, base_lr: float, warmup: int, total: int, schedule: str = "linear",
