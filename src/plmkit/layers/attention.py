@@ -64,7 +64,7 @@ class SelfAttention(nn.Module):
             kv = packing.unpack(kv)
         B, T, _ = kv.shape
         k, v = kv.view(B, T, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # 2 x (B, H, T, D)
-        q = F.linear(x.reshape(-1, C)[query_rows], w_q, b_q).view(B, self.num_heads, 1, self.head_dim)
+        q = F.linear(x.reshape(-1, C).index_select(0, query_rows), w_q, b_q).view(B, self.num_heads, 1, self.head_dim)
         y, weights = self._attend(q, k, v, attn_mask, return_weights)  # (B, H, 1, D)
         return self.out_proj(y.reshape(B, C)), weights
 

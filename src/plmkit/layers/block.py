@@ -26,7 +26,7 @@ class TransformerBlock(nn.Module):
         """x (B, T, C) -> (B, T, C), or (N, C) -> (N, C) with `packing`; and the attention probabilities when asked.
         With `query_rows` (B,), one row of x per sequence: the layer's output for those rows only, (B, C) (every
         token still serves as key and value; see `SelfAttention`)."""
-        residual = x if query_rows is None else x.reshape(-1, x.shape[-1])[query_rows]
+        residual = x if query_rows is None else x.reshape(-1, x.shape[-1]).index_select(0, query_rows)
         if self.pre_norm:
             a, weights = self.attn(self.attn_norm(x), attn_mask, return_weights, packing, query_rows)
             x = residual + self.dropout(a)

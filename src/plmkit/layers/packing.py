@@ -26,7 +26,9 @@ class Packing:
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, ...) -> (N, ...)"""
-        return x.reshape(self.batch * self.seq_len, *x.shape[2:])[self.index]
+        # index_select, not x[index]: its backward is index_add_ into zeros; advanced indexing's is an
+        # accumulating index_put_, several times slower on CPU (2.1 ms against 0.4 for 1,688 x 384, fwd + bwd)
+        return x.reshape(self.batch * self.seq_len, *x.shape[2:]).index_select(0, self.index)
 
     def unpack(self, x: torch.Tensor) -> torch.Tensor:
         """(N, ...) -> (B, T, ...), zeros at padded positions."""

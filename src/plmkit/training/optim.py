@@ -84,8 +84,10 @@ def _total_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
         flat = t.reshape(-1)
         if flat.dtype not in (torch.float32, torch.float64):
             flat = flat.float()
-        squares.append(torch.dot(flat, flat).double())
-    return torch.stack(squares).sum().sqrt()
+        squares.append(torch.dot(flat, flat))
+    if len({s.dtype for s in squares}) > 1:
+        squares = [s.double() for s in squares]
+    return torch.stack(squares).sum(dtype=torch.float64).sqrt()
 
 
 def clip_grad_norm(parameters: list[nn.Parameter], max_norm: float,
