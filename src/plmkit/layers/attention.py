@@ -78,7 +78,7 @@ class SelfAttention(nn.Module):
             # same math path but draw its mask with the slower bernoulli_ (see `layers.dropout`).
             scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_dim))  # (B, H, Tq, T)
             if attn_mask is not None:
-                scores = scores.masked_fill(~attn_mask, torch.finfo(scores.dtype).min)
+                scores.masked_fill_(~attn_mask, torch.finfo(scores.dtype).min)  # in place: a fresh product
             weights = scores.softmax(dim=-1)
             return dropout(weights, dropout_p) @ v, weights if return_weights else None
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p), None
