@@ -99,13 +99,20 @@ def clip_grad_norm(parameters: list[nn.Parameter], max_norm: float,
     rows = rows or {}
     norm, coef = grad_norm_and_coef(parameters, max_norm, rows)
     if coef is not None:
-        dense = [p.grad for p in parameters if p.grad is not None and p not in rows]
-        if dense:
-            torch._foreach_mul_(dense, coef)
-        for p, r in rows.items():
-            if p.grad is not None:
-                p.grad.index_copy_(0, r, p.grad.index_select(0, r) * coef)
+        scale_grads(parameters, coef, rows)
     return norm
+
+
+def scale_grads(parameters: list[nn.Parameter], coef: torch.Tensor,
+                rows: dict[nn.Parameter, torch.Tensor] | None = None) -> None:
+    """Multiply every gradient by `coef` in place; the gradients in `rows` (zero elsewhere) in those rows only."""
+    rows = rows or {}
+    dense = [p.grad for p in parameters if p.grad is not None and p not in rows]
+    if dense:
+        torch._foreach_mul_(dense, coef)
+    for p, r in rows.items():
+        if p.grad is not None:
+            p.grad.index_copy_(0, r, p.grad.index_select(0, r) * coef)
 
 
 def unscales_in_step(optimizer: torch.optim.Optimizer) -> bool:

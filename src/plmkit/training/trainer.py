@@ -67,7 +67,15 @@ from plmkit.training.distributed import (
 from plmkit.training.lookup_grads import LookupGrads
 from plmkit.training.memory import bound_onednn_primitive_cache, release_free_memory
 from plmkit.training.objectives import Objective
-from plmkit.training.optim import build_optimizer, clip_grad_norm, grad_norm_and_coef, lr_at, set_lr, unscales_in_step
+from plmkit.training.optim import (
+    build_optimizer,
+    clip_grad_norm,
+    grad_norm_and_coef,
+    lr_at,
+    scale_grads,
+    set_lr,
+    unscales_in_step,
+)
 from plmkit.training.tracking import MetricsLog, plot_loss_curve
 
 log = logging.getLogger(__name__)
@@ -296,7 +304,7 @@ class Trainer:
             if math.isfinite(norm):
                 self.optimizer.grad_scale = (1.0 / coef).to(torch.float32)
             else:  # a coefficient of 0: scale explicitly (NaN stays NaN), as torch's clipping does
-                clip_grad_norm(params, max_norm, rows=rows)
+                scale_grads(params, coef, rows)
         return norm
 
     def _schedule_step(self) -> int:
