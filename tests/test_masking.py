@@ -183,6 +183,27 @@ def test_cpu_dropout_matches_nn_dropout_in_distribution_and_gradient():
     assert layer(x) is x and dropout(x, 0.0) is x
 
 
+def test_dropout_add_is_residual_plus_the_same_dropout():
+    """`dropout_add` draws the mask `dropout` would from the same seed, adds the residual in one op, and its gradients
+    are the mask for x and the identity for the residual; in eval mode it is a plain sum."""
+    from plmkit.layers.dropout import Dropout, dropout, dropout_add
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(37, 64, generator=g, requires_grad=True)
+    r = torch.randn(37, 64, generator=g, requires_grad=True)
+    torch.manual_seed(3)
+    y = dropout_add(x, r, 0.1)
+    torch.manual_seed(3)
+    ref = r.detach() + dropout(x.detach(), 0.1)
+    torch.testing.assert_close(y, ref)
+    y.backward(torch.full_like(y, 2.0))
+    kept = (ref - r.detach()) != 0
+    torch.testing.assert_close(x.grad, torch.where(kept, 2.0 / (1 - round(0.1 * 32768) / 32768), 0.0))
+    torch.testing.assert_close(r.grad, torch.full_like(r, 2.0))
+    layer = Dropout(0.1).eval()
+    assert torch.equal(layer.add(x, r), r + x)
+
+
 def test_fused_cross_entropy_equals_torch():
     from plmkit.heads.losses import cross_entropy
 

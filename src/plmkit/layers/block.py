@@ -29,8 +29,8 @@ class TransformerBlock(nn.Module):
         residual = x if query_rows is None else x.reshape(-1, x.shape[-1]).index_select(0, query_rows)
         if self.pre_norm:
             a, weights = self.attn(self.attn_norm(x), attn_mask, return_weights, packing, query_rows)
-            x = residual + self.dropout(a)
-            return x + self.dropout(self.mlp(self.mlp_norm(x))), weights
+            x = self.dropout.add(a, residual)
+            return self.dropout.add(self.mlp(self.mlp_norm(x)), x), weights
         a, weights = self.attn(x, attn_mask, return_weights, packing, query_rows)
-        x = self.attn_norm(residual + self.dropout(a))
-        return self.mlp_norm(x + self.dropout(self.mlp(x))), weights
+        x = self.attn_norm(self.dropout.add(a, residual))
+        return self.mlp_norm(self.dropout.add(self.mlp(x), x)), weights

@@ -12,6 +12,9 @@ scale uses that same rounded p, so the output's expectation is the input, as wit
 would move by more than 0.1% of itself (possible below 0.016 only) takes a float mask from `torch.rand` instead,
 exact to 2^-24 like torch's own. Randomness comes from torch's global generator, so seeding and checkpointed RNG
 state reproduce it. On CUDA `F.dropout`'s fused kernel is already fast and is used as is.
+
+`dropout_add(x, residual, p)` is `residual + dropout(x, p)` with the mask applied and the residual added in one pass
+(`addcmul`): the form of every residual branch of a Transformer block.
 """
 
 from __future__ import annotations
@@ -37,8 +40,11 @@ def _keep_mask(x: torch.Tensor, p: float) -> torch.Tensor:
     n = x.numel()
     words = torch.empty((n + 1) // 2, dtype=torch.int32, device=x.device).random_()  # [0, 2^31): 31 uniform bits
     halves = words.view(torch.int16)[:n].view(x.shape)  # both 16-bit halves; & 0x7FFF leaves 15 uniform bits each
-    # as a float mask: a multiply by an int16 0/1 mask would convert it on each of the two uses
-    return halves.bitwise_and_(LEVELS - 1).ge_(t).to(x.dtype).mul_(LEVELS / (LEVELS - t))
+    # a float mask (a multiply by an int16 0/1 mask would convert it on each of the two uses), written as 0/1 by
+    # the comparison itself: no bool or int16 result to convert
+    keep = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    torch.ge(halves.bitwise_and_(LEVELS - 1), t, out=keep)
+    return keep.mul_(LEVELS / (LEVELS - t))
 
 
 class _MaskedDropout(torch.autograd.Function):
@@ -54,6 +60,21 @@ class _MaskedDropout(torch.autograd.Function):
         return grad * keep, None
 
 
+class _MaskedDropoutAdd(torch.autograd.Function):
+    """residual + x * mask in one pass (`addcmul`); the backward is (grad * mask, grad)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, residual: torch.Tensor, p: float) -> torch.Tensor:
+        keep = _keep_mask(x, p)
+        ctx.save_for_backward(keep)
+        return torch.addcmul(residual, x, keep)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        (keep,) = ctx.saved_tensors
+        return grad * keep, grad, None
+
+
 def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
     """Zero each element with probability p and scale the rest by 1 / (1 - p) (identity when not training)."""
     if not training or p == 0.0:
@@ -63,6 +84,15 @@ def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
     if x.is_cuda:
         return F.dropout(x, p, training=True)
     return _MaskedDropout.apply(x, p)
+
+
+def dropout_add(x: torch.Tensor, residual: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
+    """`residual + dropout(x, p, training)`: on CPU in training, one pass instead of two (x and residual of one shape
+    and dtype), the form of every residual branch of a Transformer block."""
+    if (not training or p == 0.0 or p == 1.0 or x.is_cuda or x.shape != residual.shape
+            or x.dtype != residual.dtype):
+        return residual + dropout(x, p, training)
+    return _MaskedDropoutAdd.apply(x, residual, p)
 
 
 class Dropout(nn.Module):
@@ -76,6 +106,10 @@ class Dropout(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return dropout(x, self.p, self.training)
+
+    def add(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """`residual + self(x)`, fused on CPU (see `dropout_add`)."""
+        return dropout_add(x, residual, self.p, self.training)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

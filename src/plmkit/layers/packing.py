@@ -32,6 +32,7 @@ class Packing:
 
     def unpack(self, x: torch.Tensor) -> torch.Tensor:
         """(N, ...) -> (B, T, ...), zeros at padded positions."""
-        out = x.new_zeros(self.batch * self.seq_len, *x.shape[1:])
-        out[self.index] = x
+        # index_copy_, not out[index] = x, for the same reason: its backward is index_select, advanced indexing's an
+        # `index` gather
+        out = x.new_zeros(self.batch * self.seq_len, *x.shape[1:]).index_copy_(0, self.index, x)
         return out.view(self.batch, self.seq_len, *x.shape[1:])
