@@ -394,7 +394,8 @@ def test_kept_lookup_gradient_trains_as_the_dense_one(tmp_path, monkeypatch, min
     `training.lookup_grads`) trains as autograd's fresh dense one does: the same weights and Adam moments after 4
     steps with clipping (dropout off). Afterwards the kept buffer is all zeros again. With min_rows 1 the position
     and segment tables are kept too; their gradients come in dense (the encoder slices those weights), which
-    zeroes the whole buffer."""
+    zeroes the whole buffer. The tables' AdamW runs over their looked-up rows (`training.table_adam`) in the kept
+    run, torch's dense fused AdamW in the other."""
     import plmkit.training.lookup_grads as lookup_grads
     from plmkit import BertForSequenceClassification, ModelConfig
     from plmkit.training import SupervisedObjective, Trainer
@@ -428,8 +429,11 @@ def test_kept_lookup_gradient_trains_as_the_dense_one(tmp_path, monkeypatch, min
     for a, b in zip(kept.model.parameters(), dense.model.parameters(), strict=True):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
     table = kept.model.encoder.embed.token.weight
-    torch.testing.assert_close(kept.optimizer.state[table]["exp_avg_sq"],
-                               dense.optimizer.state[dense.model.encoder.embed.token.weight]["exp_avg_sq"])
+    # the kept tables' AdamW runs over their looked-up rows (`training.table_adam`); their moments in dense form:
+    assert [t.param for t in kept.table_adam.tables] == [m.weight for m in kept.lookup_grads.tables]
+    with kept.table_adam.dense_state():
+        torch.testing.assert_close(kept.optimizer.state[table]["exp_avg_sq"],
+                                   dense.optimizer.state[dense.model.encoder.embed.token.weight]["exp_avg_sq"])
     assert table.grad is None and not any(b.any() for b in kept.lookup_grads._buffers)
     assert losses(tmp_path / "kept") == pytest.approx(losses(tmp_path / "dense"), abs=1e-6)
 
@@ -578,3 +582,49 @@ def test_ema_of_weights_is_evaluated_kept_and_resumed(tmp_path, caplog):
         in caplog.text
     with pytest.raises(PlmkitError, match="ema_decay must be in"):
         TrainConfig(ema_decay=1.0)
+
+
+def test_table_adam_checkpoint_resumes_bitwise(tmp_path, monkeypatch):
+    """With the token table's AdamW over its looked-up rows (`training.table_adam`), the checkpoint holds torch's
+    dense optimizer state, and a run resumed from it ends with exactly the uninterrupted run's weights."""
+    import plmkit.training.lookup_grads as lookup_grads
+    from plmkit import BertForSequenceClassification, ModelConfig
+    from plmkit.training import SupervisedObjective, Trainer
+    from plmkit.training.checkpoint import load_optimizer_state
+
+    monkeypatch.setattr(lookup_grads, "MIN_ROWS", 90)
+    g = torch.Generator().manual_seed(0)
+    data = [{"input_ids": torch.randint(1, 99, (int(n),), generator=g), "labels": i % 2}
+            for i, n in enumerate(torch.randint(3, 9, (24,), generator=g))]
+
+    def collate(examples, seeds):
+        T = max(len(e["input_ids"]) for e in examples)
+        ids, mask = torch.zeros(len(examples), T, dtype=torch.long), torch.zeros(len(examples), T, dtype=torch.long)
+        for i, e in enumerate(examples):
+            ids[i, :len(e["input_ids"])], mask[i, :len(e["input_ids"])] = e["input_ids"], 1
+        return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([e["labels"] for e in examples])}
+
+    def trainer(name: str) -> Trainer:
+        torch.manual_seed(0)
+        model = BertForSequenceClassification(ModelConfig(
+            vocab_size=99, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=37, hidden_dropout=0.1,
+            attention_dropout=0.1, num_labels=2, max_position_embeddings=64))
+        config = TrainConfig(output_dir=str(tmp_path / name), max_steps=6, batch_size=4, lr=1e-2, clip_grad_norm=0.5,
+                             log_every=1, save_every_steps=3, weight_decay=0.1)
+        return Trainer(model, config, train_data=data, collate=collate, objective=SupervisedObjective())
+
+    full = trainer("full")
+    assert len(full.table_adam.tables) == 1
+    full.fit()
+    step3 = list_checkpoints(tmp_path / "full")[0]
+    state = load_optimizer_state(step3.path)["state"]
+    table = full.model.encoder.embed.token.weight
+    ordered = [p for group in full.optimizer.param_groups for p in group["params"]]  # the state_dict's keys
+    index = [i for i, p in enumerate(ordered) if p is table][0]
+    assert state[index]["exp_avg_sq"].shape == table.shape and int(state[index]["step"]) == 3
+    shutil.copytree(step3.path, tmp_path / "resumed" / "checkpoints" / step3.path.name)
+    resumed = trainer("resumed")
+    resumed.fit(resume=True)
+    assert losses(tmp_path / "resumed") == {k: v for k, v in losses(tmp_path / "full").items() if k > 3}
+    for k, v in _weights(full.model).items():
+        assert torch.equal(_weights(resumed.model)[k], v), k

@@ -76,6 +76,7 @@ from plmkit.training.optim import (
     set_lr,
     unscales_in_step,
 )
+from plmkit.training.table_adam import TableAdamW
 from plmkit.training.tracking import MetricsLog, plot_loss_curve
 
 log = logging.getLogger(__name__)
@@ -148,6 +149,9 @@ class Trainer:
         # Large token tables keep their gradient between steps (see `training.lookup_grads`); DDP and FSDP reduce
         # gradients themselves and torch.compile traces the dense lookup, so there it stays off.
         self.lookup_grads = LookupGrads(self.model, enabled=not self.dist.enabled and not self.impl.compile)
+        # and on CPU their AdamW runs over the rows looked up so far, the rest only decaying (`training.table_adam`);
+        # a moving average reads every row at every step, so with one the decay is not deferred
+        self.table_adam = TableAdamW(self.optimizer, self.lookup_grads, lazy_decay=self.ema is None)
         self.forward_model: nn.Module = self.model
         if self.dist.enabled and not self.sharded:
             ids = [self.dist.local_rank] if self.device.type == "cuda" else None
@@ -218,6 +222,7 @@ class Trainer:
             bar.close()
             if metrics is not None:
                 metrics.close()
+            self.table_adam.settle()  # what leaves the trainer has every row's decay
         elapsed = self._elapsed_before + time.monotonic() - start
         if main:
             plot_loss_curve(self.output_dir / "metrics.jsonl", self.output_dir / "loss.png",
@@ -244,7 +249,7 @@ class Trainer:
         totals = all_reduce_sum(totals, self.dist).tolist()
         global_counts, tokens = dict(zip(names, totals[:-1], strict=True)), int(totals[-1])
         term_sums = torch.zeros(len(names), dtype=torch.float64)
-        with self.lookup_grads.active():
+        with self.lookup_grads.active(), self.table_adam.lookups():
             self._forward_backward(micro_batches, local_counts, names, global_counts, term_sums)
         term_sums = all_reduce_sum(term_sums, self.dist).tolist()
         lr = lr_at(self._schedule_step(), base_lr=cfg.lr, warmup=cfg.warmup, total=cfg.max_steps, schedule=cfg.schedule,
@@ -253,7 +258,7 @@ class Trainer:
         grad_norm = None
         if cfg.clip_grad_norm:
             grad_norm = self._clip_gradients(cfg.clip_grad_norm)
-        self.optimizer.step()
+        self.table_adam.step()  # optimizer.step(), the token tables' rows apart
         self.optimizer.grad_scale = None  # a clipping coefficient folded into this step (see `_clip_gradients`)
         self.lookup_grads.zero_grad(self.optimizer)
         if self.ema is not None:
@@ -334,6 +339,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation, checkpoints
     def _evaluate(self, metrics: MetricsLog | None) -> dict[str, float]:
+        self.table_adam.settle()  # the token tables' deferred decay (see `training.table_adam`)
         # With train.ema_decay the moving average is evaluated and kept as the best, not the current weights.
         model = self._full_model(self.device) if self.sharded else self.ema.module if self.ema is not None \
             else self.model
@@ -394,8 +400,9 @@ class Trainer:
         if self.dist.is_main:
             state = {"tokens_seen": self.tokens_seen, "elapsed_s": elapsed,
                      "best": list(self.best) if self.best else None}
-            save_checkpoint(self.output_dir, self.step, model, optimizer, state, keep_last=self.config.keep_last,
-                            rng_states=rng_states, ema=self.ema)
+            with self.table_adam.dense_state():  # the token tables' moments, in torch's dense form
+                save_checkpoint(self.output_dir, self.step, model, optimizer, state, keep_last=self.config.keep_last,
+                                rng_states=rng_states, ema=self.ema)
         barrier(self.dist)
 
     def _resume(self) -> None:
@@ -409,8 +416,10 @@ class Trainer:
         log.info("resumed from %s (step %d)", ckpt.path, self.step)
 
     def _load(self, path: Path) -> dict[str, Any]:
-        return load_checkpoint(path, self.model, self.optimizer, rank=self.dist.rank,
-                               world_size=self.dist.world_size, ema=self.ema)
+        state = load_checkpoint(path, self.model, self.optimizer, rank=self.dist.rank,
+                                world_size=self.dist.world_size, ema=self.ema)
+        self.table_adam.adopt_state()
+        return state
 
     def _load_sharded(self, path: Path) -> dict[str, Any]:
         """Load a (plain) checkpoint into the FSDP model: rank 0 verifies it and reads the full weights and optimizer
