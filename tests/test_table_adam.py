@@ -62,7 +62,7 @@ def test_table_adamw_equals_dense_fused_adamw_and_round_trips_its_state(weight_d
     """Seven steps with new rows appearing, a step without a table gradient, a changing lr and a folded clipping
     scale: the weights equal dense fused AdamW's (with the decay deferred, the rows looked up at each step, and all
     of them once settled), and so do the moments once put in torch's dense form. The dense state taken back (as
-    after loading a checkpoint) continues identically."""
+    after loading a checkpoint) continues identically, also when the table is changed between steps."""
     torch.manual_seed(0)
     dense_model = _Bag()
     model = _Bag()
@@ -113,6 +113,10 @@ def test_table_adamw_equals_dense_fused_adamw_and_round_trips_its_state(weight_d
     for i, ids in enumerate(batches[5:], start=5):
         _step(dense_model, dense_opt, ids, None, None, i)
         _step(model, opt2, ids, lookup, table_adam2, i)
+        # a change to the table between steps (a looked-up row) is seen: the block is read again
+        with torch.no_grad():
+            for m in (model, dense_model):
+                m.table.weight[int(batches[0][0, 0])] += 0.5
     table_adam2.settle()
     for a, b in zip(model.parameters(), dense_model.parameters(), strict=True):
         torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-6)

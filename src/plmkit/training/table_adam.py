@@ -20,12 +20,14 @@ parameters, so it was half of the optimizer's 14.6 ms a step.
 The result is the dense step's: the same kernel on the same numbers for the looked-up rows, and for the others the
 decay the kernel would have applied, as one product (equal to the step-by-step product within float rounding).
 
-The table stays the source of truth (the block is gathered from it at every step), so weights loaded or changed
-between steps are seen. The moments live in the block; `dense_state()` puts them into the optimizer's state in
-torch's dense form while a checkpoint is written, and `adopt_state()` takes a loaded dense state back into the
-block, so checkpoints are those of plain torch AdamW in both directions. Settling also drops from the block the
-rows whose moments are both zero (a row looked up with an exactly zero gradient), so the block after a settle is
-exactly what `adopt_state()` rebuilds from a checkpoint, and a resumed run continues bit for bit.
+The block holds the looked-up rows' values between steps, and is read from the table again whenever the table's
+version counter shows an in-place change since the block was written back (weights loaded, or changed under
+`torch.no_grad()`; not through `.data`, which bypasses the counter). The moments live in the block; `dense_state()`
+puts them into the optimizer's state in torch's dense form while a checkpoint is written, and `adopt_state()` takes
+a loaded dense state back into the block, so checkpoints are those of plain torch AdamW in both directions. Settling
+also drops from the block the rows whose moments are both zero (a row looked up with an exactly zero gradient), so
+the block after a settle is exactly what `adopt_state()` rebuilds from a checkpoint, and a resumed run continues bit
+for bit.
 
 Measured on 2 CPU cores (one step's lookup, backward and update of the table alone, 400 rows looked up, weight
 decay on; `torch.optim.AdamW(fused=True)` against this): all-MiniLM-L6-v2's 30,522 x 384 word table with 10.4k rows
@@ -49,12 +51,13 @@ from plmkit.training.lookup_grads import LookupGrads
 
 
 class _Table:
-    """One table's looked-up rows (in the order first seen), their moments, and scratch blocks of the same rows."""
+    """One table's looked-up rows (in the order first seen): their values, their moments, and a gradient block."""
 
     def __init__(self, module: nn.Embedding, group: int) -> None:
         self.module, self.param = module, module.weight
         self.group = group  # the index of its parameter group (`load_state_dict` replaces the groups)
         self.owed = 1.0  # the decay the rows outside the block have not had yet
+        self.synced = -1  # the table's `_version` when the block last equalled its rows
         self.step = torch.zeros((), dtype=torch.float32)  # as torch's fused AdamW keeps it
         self.stepped = False
         self.reset()
@@ -74,14 +77,15 @@ class _Table:
             rows = torch.empty(capacity, dtype=torch.long)
             rows[:self.count] = self.rows[:self.count]
             self.rows = rows
-            moments = []
-            for old in (self.exp_avg, self.exp_avg_sq):
-                grown = self.param.new_zeros(capacity, width)
-                grown[:self.count] = old[:self.count]
-                moments.append(grown)
-            self.exp_avg, self.exp_avg_sq = moments
-            self.block = self.param.new_empty(capacity, width)
+            grown = []
+            for old in (self.exp_avg, self.exp_avg_sq, self.block):
+                block = self.param.new_zeros(capacity, width)
+                block[:self.count] = old[:self.count]
+                grown.append(block)
+            self.exp_avg, self.exp_avg_sq, self.block = grown
             self.grad = self.param.new_zeros(capacity, width)  # zero between steps: nothing to carry over
+        with torch.no_grad():
+            torch.index_select(self.param, 0, new, out=self.block[self.count:self.count + n])
         self.rows[self.count:self.count + n] = new
         self.position[new] = torch.arange(self.count, self.count + n)
         self.count += n
@@ -121,8 +125,11 @@ class TableAdamW:
         ids = args[0].reshape(-1).unique()
         new = ids[table.position[ids] < 0]
         if new.numel():
+            synced = table.synced == table.param._version
             table.param.index_copy_(0, new, table.param.index_select(0, new).mul_(table.owed))
             table.add_rows(new)
+            if synced:
+                table.synced = table.param._version
 
     @torch.no_grad()
     def settle(self) -> None:
@@ -132,18 +139,23 @@ class TableAdamW:
             k, p = table.count, table.param
             held = table.rows[:k]
             if table.owed != 1.0:
+                synced = table.synced == p._version
                 values = p.index_select(0, held)
                 p.mul_(table.owed)
                 p.index_copy_(0, held, values)
                 table.owed = 1.0
+                if synced:
+                    table.synced = p._version
             if k:
                 zero = ~((table.exp_avg[:k] != 0).any(1) | (table.exp_avg_sq[:k] != 0).any(1))
                 if bool(zero.any()):
                     keep = (~zero).nonzero().squeeze(1)
                     rows, exp_avg, exp_avg_sq = held[keep], table.exp_avg[keep], table.exp_avg_sq[keep]
+                    synced = table.synced == p._version
                     table.reset()
-                    table.add_rows(rows)
+                    table.add_rows(rows)  # their values from the table: equal to the block's when synced
                     table.exp_avg[:rows.numel()], table.exp_avg_sq[:rows.numel()] = exp_avg, exp_avg_sq
+                    table.synced = p._version if synced else -1
 
     def step(self) -> None:
         if not self.tables:
@@ -179,7 +191,8 @@ class TableAdamW:
             table.add_rows(new)
         k, places, p = table.count, table.position[rows], table.param
         block, g = table.block[:k], table.grad[:k]
-        torch.index_select(p, 0, table.rows[:k], out=block)
+        if table.synced != p._version:  # the table changed since the block was written back: read it again
+            torch.index_select(p, 0, table.rows[:k], out=block)
         g.index_copy_(0, places, grad.index_select(0, rows))
         group = self.optimizer.param_groups[table.group]
         lr, weight_decay = float(group["lr"]), float(group["weight_decay"])
@@ -195,6 +208,7 @@ class TableAdamW:
                             eps=float(group["eps"]), amsgrad=False, maximize=False, grad_scale=grad_scale,
                             found_inf=None)
         p.index_copy_(0, table.rows[:k], block)
+        table.synced = p._version
         if grad_scale is not None:  # the kernel leaves the gradient divided by the scale, as torch's step does
             grad.index_copy_(0, rows, g.index_select(0, places))
         g.index_fill_(0, places, 0.0)
@@ -227,6 +241,7 @@ class TableAdamW:
             state = self.optimizer.state.pop(table.param, None)
             table.reset()
             table.owed = 1.0
+            table.synced = -1
             table.step = torch.zeros((), dtype=torch.float32)
             table.stepped = False
             if not state:
