@@ -388,6 +388,30 @@ def test_fsdp_without_torchrun_trains_unsharded(tmp_path, caplog):
     assert type(trainer.forward_model).__name__ == "BertForPreTraining"
 
 
+def _sentences(n: int) -> list[dict]:
+    """n random token sentences of 3-8 ids below 99, labelled alternately."""
+    g = torch.Generator().manual_seed(0)
+    return [{"input_ids": torch.randint(1, 99, (int(k),), generator=g), "labels": i % 2}
+            for i, k in enumerate(torch.randint(3, 9, (n,), generator=g))]
+
+
+def _pad_collate(examples: list[dict], seeds) -> dict[str, torch.Tensor]:
+    T = max(len(e["input_ids"]) for e in examples)
+    ids, mask = torch.zeros(len(examples), T, dtype=torch.long), torch.zeros(len(examples), T, dtype=torch.long)
+    for i, e in enumerate(examples):
+        ids[i, :len(e["input_ids"])], mask[i, :len(e["input_ids"])] = e["input_ids"], 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([e["labels"] for e in examples])}
+
+
+def _classifier(dropout: float) -> torch.nn.Module:
+    """A 2-layer BERT classifier over a 99-token vocabulary (its word table kept by `lookup_grads` at MIN_ROWS 90)."""
+    from plmkit import BertForSequenceClassification, ModelConfig
+
+    return BertForSequenceClassification(ModelConfig(
+        vocab_size=99, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=37, hidden_dropout=dropout,
+        attention_dropout=dropout, num_labels=2, max_position_embeddings=64))
+
+
 @pytest.mark.parametrize("min_rows", [90, 1])
 def test_kept_lookup_gradient_trains_as_the_dense_one(tmp_path, monkeypatch, min_rows):
     """The token table's gradient kept between steps (sparse lookups added into it, the written rows zeroed in place,
@@ -397,29 +421,17 @@ def test_kept_lookup_gradient_trains_as_the_dense_one(tmp_path, monkeypatch, min
     zeroes the whole buffer. The tables' AdamW runs over their looked-up rows (`training.table_adam`) in the kept
     run, torch's dense fused AdamW in the other."""
     import plmkit.training.lookup_grads as lookup_grads
-    from plmkit import BertForSequenceClassification, ModelConfig
     from plmkit.training import SupervisedObjective, Trainer
 
-    g = torch.Generator().manual_seed(0)
-    data = [{"input_ids": torch.randint(1, 99, (int(n),), generator=g), "labels": i % 2}
-            for i, n in enumerate(torch.randint(3, 9, (16,), generator=g))]
-
-    def collate(examples, seeds):
-        T = max(len(e["input_ids"]) for e in examples)
-        ids, mask = torch.zeros(len(examples), T, dtype=torch.long), torch.zeros(len(examples), T, dtype=torch.long)
-        for i, e in enumerate(examples):
-            ids[i, :len(e["input_ids"])], mask[i, :len(e["input_ids"])] = e["input_ids"], 1
-        return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([e["labels"] for e in examples])}
+    data = _sentences(16)
 
     def run(name: str, min_rows: int) -> Trainer:
         monkeypatch.setattr(lookup_grads, "MIN_ROWS", min_rows)
         torch.manual_seed(0)
-        model = BertForSequenceClassification(ModelConfig(
-            vocab_size=99, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=37, hidden_dropout=0.0,
-            attention_dropout=0.0, num_labels=2, max_position_embeddings=64))
+        model = _classifier(dropout=0.0)
         config = TrainConfig(output_dir=str(tmp_path / name), max_steps=4, batch_size=4, lr=1e-2, clip_grad_norm=0.5,
                              log_every=1)
-        trainer = Trainer(model, config, train_data=data, collate=collate, objective=SupervisedObjective())
+        trainer = Trainer(model, config, train_data=data, collate=_pad_collate, objective=SupervisedObjective())
         trainer.fit()
         return trainer
 
@@ -588,30 +600,18 @@ def test_table_adam_checkpoint_resumes_bitwise(tmp_path, monkeypatch):
     """With the token table's AdamW over its looked-up rows (`training.table_adam`), the checkpoint holds torch's
     dense optimizer state, and a run resumed from it ends with exactly the uninterrupted run's weights."""
     import plmkit.training.lookup_grads as lookup_grads
-    from plmkit import BertForSequenceClassification, ModelConfig
     from plmkit.training import SupervisedObjective, Trainer
     from plmkit.training.checkpoint import load_optimizer_state
 
     monkeypatch.setattr(lookup_grads, "MIN_ROWS", 90)
-    g = torch.Generator().manual_seed(0)
-    data = [{"input_ids": torch.randint(1, 99, (int(n),), generator=g), "labels": i % 2}
-            for i, n in enumerate(torch.randint(3, 9, (24,), generator=g))]
-
-    def collate(examples, seeds):
-        T = max(len(e["input_ids"]) for e in examples)
-        ids, mask = torch.zeros(len(examples), T, dtype=torch.long), torch.zeros(len(examples), T, dtype=torch.long)
-        for i, e in enumerate(examples):
-            ids[i, :len(e["input_ids"])], mask[i, :len(e["input_ids"])] = e["input_ids"], 1
-        return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([e["labels"] for e in examples])}
+    data = _sentences(24)
 
     def trainer(name: str) -> Trainer:
         torch.manual_seed(0)
-        model = BertForSequenceClassification(ModelConfig(
-            vocab_size=99, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=37, hidden_dropout=0.1,
-            attention_dropout=0.1, num_labels=2, max_position_embeddings=64))
+        model = _classifier(dropout=0.1)
         config = TrainConfig(output_dir=str(tmp_path / name), max_steps=6, batch_size=4, lr=1e-2, clip_grad_norm=0.5,
                              log_every=1, save_every_steps=3, weight_decay=0.1)
-        return Trainer(model, config, train_data=data, collate=collate, objective=SupervisedObjective())
+        return Trainer(model, config, train_data=data, collate=_pad_collate, objective=SupervisedObjective())
 
     full = trainer("full")
     assert len(full.table_adam.tables) == 1
