@@ -45,6 +45,7 @@ class LookupGrads:
         self._buffers: list[torch.Tensor | None] = [None] * len(self.tables)  # the kept dense gradients
         self._rows: list[list[torch.Tensor]] = [[] for _ in self.tables]  # rows written since the last zeroing
         self._whole = [False] * len(self.tables)  # a dense gradient came in: zero all of it
+        self._written: dict[nn.Parameter, torch.Tensor] | None = None  # `written_rows()`, until rows change
 
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
@@ -54,6 +55,7 @@ class LookupGrads:
             yield
             return
         hooks = []
+        self._written = None
         for i, m in enumerate(self.tables):
             grad = m.weight.grad
             if grad is None:
@@ -74,6 +76,7 @@ class LookupGrads:
                     m.weight.grad = None  # nothing reached it (the buffer is still all zeros)
 
     def _note_rows(self, table: int, grad: torch.Tensor) -> None:
+        self._written = None
         if grad.is_sparse:
             self._rows[table].append(grad._indices()[0])
         else:
@@ -81,14 +84,17 @@ class LookupGrads:
 
     def written_rows(self) -> dict[nn.Parameter, torch.Tensor]:
         """{table weight: the rows its gradient has in this step (unique)}, for the tables whose gradient is zero
-        elsewhere (not those that took a dense gradient)."""
-        return {m.weight: torch.unique(torch.cat(self._rows[i])) for i, m in enumerate(self.tables)
-                if self._rows[i] and not self._whole[i]}
+        elsewhere (not those that took a dense gradient). Computed once per step (clipping and the step both ask)."""
+        if self._written is None:
+            self._written = {m.weight: torch.unique(torch.cat(self._rows[i])) for i, m in enumerate(self.tables)
+                             if self._rows[i] and not self._whole[i]}
+        return self._written
 
     def zero_grad(self, optimizer: torch.optim.Optimizer) -> None:
         """`optimizer.zero_grad(set_to_none=True)`; the tables' gradients are then zeroed in place where they were
         written (all of it after a dense gradient), ready for the next step."""
         optimizer.zero_grad(set_to_none=True)
+        self._written = None
         for i, buffer in enumerate(self._buffers):
             if buffer is None:
                 continue

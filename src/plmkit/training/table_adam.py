@@ -90,6 +90,17 @@ class _Table:
         self.position[new] = torch.arange(self.count, self.count + n)
         self.count += n
 
+    def hold(self, rows: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor) -> None:
+        """Hold exactly `rows` (unique), with these moments (a row each); their values are read from the table."""
+        self.reset()
+        self.add_rows(rows)
+        self.exp_avg[:rows.numel()], self.exp_avg_sq[:rows.numel()] = exp_avg, exp_avg_sq
+
+
+def _moving(exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor) -> torch.Tensor:
+    """The rows whose moments are not both zero (a row with both zero updates as one never looked up)."""
+    return ((exp_avg != 0).any(1) | (exp_avg_sq != 0).any(1)).nonzero().squeeze(1)
+
 
 class TableAdamW:
     """`step()`: `optimizer.step()`, with the large token tables' AdamW over their looked-up rows (see the module)."""
@@ -146,16 +157,11 @@ class TableAdamW:
                 table.owed = 1.0
                 if synced:
                     table.synced = p._version
-            if k:
-                zero = ~((table.exp_avg[:k] != 0).any(1) | (table.exp_avg_sq[:k] != 0).any(1))
-                if bool(zero.any()):
-                    keep = (~zero).nonzero().squeeze(1)
-                    rows, exp_avg, exp_avg_sq = held[keep], table.exp_avg[keep], table.exp_avg_sq[keep]
-                    synced = table.synced == p._version
-                    table.reset()
-                    table.add_rows(rows)  # their values from the table: equal to the block's when synced
-                    table.exp_avg[:rows.numel()], table.exp_avg_sq[:rows.numel()] = exp_avg, exp_avg_sq
-                    table.synced = p._version if synced else -1
+            moving = _moving(table.exp_avg[:k], table.exp_avg_sq[:k])
+            if moving.numel() < k:
+                synced = table.synced == p._version
+                table.hold(held[moving], table.exp_avg[moving], table.exp_avg_sq[moving])
+                table.synced = p._version if synced else -1  # the block's values were the table's when synced
 
     def step(self) -> None:
         if not self.tables:
@@ -235,8 +241,8 @@ class TableAdamW:
                 self.optimizer.state.pop(p, None)
 
     def adopt_state(self) -> None:
-        """Take the tables' dense state out of the optimizer (e.g. just loaded from a checkpoint) into the blocks.
-        Rows whose moments are both zero are rows not looked up: their update is the decay alone either way."""
+        """Take the tables' dense state out of the optimizer (e.g. just loaded from a checkpoint) into the blocks:
+        the rows whose moments are not both zero."""
         for table in self.tables:
             state = self.optimizer.state.pop(table.param, None)
             table.reset()
@@ -246,10 +252,7 @@ class TableAdamW:
             table.stepped = False
             if not state:
                 continue
-            exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-            rows = ((exp_avg != 0).any(1) | (exp_avg_sq != 0).any(1)).nonzero().squeeze(1)
-            table.add_rows(rows)
-            table.exp_avg[:rows.numel()] = exp_avg.index_select(0, rows)
-            table.exp_avg_sq[:rows.numel()] = exp_avg_sq.index_select(0, rows)
+            rows = _moving(state["exp_avg"], state["exp_avg_sq"])
+            table.hold(rows, state["exp_avg"].index_select(0, rows), state["exp_avg_sq"].index_select(0, rows))
             table.step = state["step"].detach().to(torch.float32).clone().reshape(())
             table.stepped = True
