@@ -129,3 +129,28 @@ def test_table_adamw_leaves_other_optimizers_and_devices_to_torch():
     assert TableAdamW(torch.optim.AdamW(model.parameters(), foreach=True), lookup).tables == []
     assert TableAdamW(torch.optim.AdamW(model.parameters(), fused=True, amsgrad=True), lookup).tables == []
     assert len(TableAdamW(torch.optim.AdamW(model.parameters(), fused=True), lookup).tables) == 1
+
+
+def test_table_mostly_looked_up_goes_back_to_the_dense_step():
+    """A step that would hold more than DENSE_SHARE of the table's rows hands the table back to torch's AdamW, its
+    decay settled and its moments as dense state; training goes on as the dense optimizer's."""
+    from plmkit.training.table_adam import DENSE_SHARE
+
+    torch.manual_seed(0)
+    dense_model, model = _Bag(), _Bag()
+    model.load_state_dict(dense_model.state_dict())
+    dense_opt, opt = _optimizer(dense_model, 0.3), _optimizer(model, 0.3)
+    lookup = LookupGrads(model, min_rows=100)
+    table_adam = TableAdamW(opt, lookup)
+    few = torch.arange(1, 41).view(4, 10)
+    most = torch.arange(1, 300).view(13, 23)
+    assert most.numel() > DENSE_SHARE * 300 > few.numel()
+    for i, ids in enumerate([few, few, most, few]):
+        _step(dense_model, dense_opt, ids, None, None, i)
+        _step(model, opt, ids, lookup, table_adam, i)
+        assert (table_adam.tables == []) == (i >= 2)
+    assert model.table.weight in opt.state
+    for a, b in zip(model.parameters(), dense_model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-6)
+    torch.testing.assert_close(opt.state[model.table.weight]["exp_avg_sq"],
+                               dense_opt.state[dense_model.table.weight]["exp_avg_sq"], atol=1e-12, rtol=1e-6)

@@ -34,6 +34,10 @@ decay on; `torch.optim.AdamW(fused=True)` against this): all-MiniLM-L6-v2's 30,5
 looked up before (the mean over an SST-2 epoch), 6.8 ms dense, 5.5 ms with the decay at every step, 4.2 ms
 deferred; a 119,547 x 768 table (multilingual BERT's) with 15k rows looked up, 58.3, 31.4 and 15.1 ms.
 
+Once a step would take more than `DENSE_SHARE` (70%) of a table's rows into its block, the table goes back to the
+optimizer (its decay settled, its moments as torch's dense state): the gather, write-back and bookkeeping then
+cost more than the rows saved. Fine-tuning stays under it; pretraining with an untied table soon passes it.
+
 It applies to the tables of `training.lookup_grads` (row-sparse gradients, single-process eager training) whose
 optimizer is torch's fused AdamW on the CPU, without amsgrad or maximize. On a GPU the dense step costs little.
 """
@@ -48,6 +52,8 @@ import torch
 from torch import nn
 
 from plmkit.training.lookup_grads import LookupGrads
+
+DENSE_SHARE = 0.7  # a table with more of its rows looked up goes back to the dense step (about the break-even)
 
 
 class _Table:
@@ -89,6 +95,13 @@ class _Table:
         self.rows[self.count:self.count + n] = new
         self.position[new] = torch.arange(self.count, self.count + n)
         self.count += n
+
+    def dense_state(self) -> dict[str, torch.Tensor]:
+        """torch AdamW's state for the whole table: the held rows' moments, zeros elsewhere."""
+        exp_avg, exp_avg_sq = torch.zeros_like(self.param), torch.zeros_like(self.param)
+        exp_avg.index_copy_(0, self.rows[:self.count], self.exp_avg[:self.count])
+        exp_avg_sq.index_copy_(0, self.rows[:self.count], self.exp_avg_sq[:self.count])
+        return {"step": self.step.clone(), "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
 
     def hold(self, rows: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor) -> None:
         """Hold exactly `rows` (unique), with these moments (a row each); their values are read from the table."""
@@ -169,13 +182,16 @@ class TableAdamW:
             return
         written = self.lookup_grads.written_rows()
         taken = []
-        for table in self.tables:
+        for table in list(self.tables):
             grad = table.param.grad
             if grad is None:
                 continue  # no gradient this step: torch's step leaves the parameter alone, decay included
             rows = written.get(table.param)
             if rows is None:  # a dense gradient came in: every row
                 rows = torch.arange(table.param.shape[0])
+            if table.count + int((table.position[rows] < 0).sum()) > DENSE_SHARE * table.param.shape[0]:
+                self._release(table)  # most rows are looked up: torch's dense step is cheaper from here on
+                continue
             taken.append((table, grad, rows))
             table.param.grad = None  # the optimizer's own step skips it
         try:
@@ -219,6 +235,14 @@ class TableAdamW:
             grad.index_copy_(0, rows, g.index_select(0, places))
         g.index_fill_(0, places, 0.0)
 
+    @torch.no_grad()
+    def _release(self, table: _Table) -> None:
+        """Hand a table back to the optimizer: its decay settled, its moments as torch's dense state."""
+        self.settle()
+        if table.stepped:
+            self.optimizer.state[table.param] = table.dense_state()
+        self.tables.remove(table)
+
     @contextlib.contextmanager
     def dense_state(self) -> Iterator[None]:
         """Within the block, the optimizer's state holds each stepped table's moments in torch's dense form (for
@@ -228,12 +252,8 @@ class TableAdamW:
         for table in self.tables:
             if not table.stepped or table.param in self.optimizer.state:
                 continue
-            k, p = table.count, table.param
-            exp_avg, exp_avg_sq = torch.zeros_like(p), torch.zeros_like(p)
-            exp_avg.index_copy_(0, table.rows[:k], table.exp_avg[:k])
-            exp_avg_sq.index_copy_(0, table.rows[:k], table.exp_avg_sq[:k])
-            self.optimizer.state[p] = {"step": table.step.clone(), "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
-            added.append(p)
+            self.optimizer.state[table.param] = table.dense_state()
+            added.append(table.param)
         try:
             yield
         finally:
