@@ -189,26 +189,26 @@ class TableAdamW:
             rows = written.get(table.param)
             if rows is None:  # a dense gradient came in: every row
                 rows = torch.arange(table.param.shape[0])
-            if table.count + int((table.position[rows] < 0).sum()) > DENSE_SHARE * table.param.shape[0]:
+            new = rows[table.position[rows] < 0]  # looked up for the first time
+            if table.count + new.numel() > DENSE_SHARE * table.param.shape[0]:
                 self._release(table)  # most rows are looked up: torch's dense step is cheaper from here on
                 continue
-            taken.append((table, grad, rows))
+            taken.append((table, grad, rows, new))
             table.param.grad = None  # the optimizer's own step skips it
         try:
             self.optimizer.step()
         finally:
-            for table, grad, _ in taken:
+            for table, grad, *_ in taken:
                 table.param.grad = grad
-        for table, grad, rows in taken:
-            self._step_table(table, grad, rows)
+        for table, grad, rows, new in taken:
+            self._step_table(table, grad, rows, new)
 
     @torch.no_grad()
-    def _step_table(self, table: _Table, grad: torch.Tensor, rows: torch.Tensor) -> None:
+    def _step_table(self, table: _Table, grad: torch.Tensor, rows: torch.Tensor, new: torch.Tensor) -> None:
         grad_scale = getattr(self.optimizer, "grad_scale", None)
         found_inf = getattr(self.optimizer, "found_inf", None)
         if found_inf is not None and bool(found_inf):
             return  # the fused kernel skips a step with inf/NaN gradients (GradScaler): so does the decay
-        new = rows[table.position[rows] < 0]
         if new.numel():
             table.add_rows(new)
         k, places, p = table.count, table.position[rows], table.param
@@ -263,13 +263,9 @@ class TableAdamW:
     def adopt_state(self) -> None:
         """Take the tables' dense state out of the optimizer (e.g. just loaded from a checkpoint) into the blocks:
         the rows whose moments are not both zero."""
-        for table in self.tables:
+        for i, old in enumerate(self.tables):
+            self.tables[i] = table = _Table(old.module, old.group)
             state = self.optimizer.state.pop(table.param, None)
-            table.reset()
-            table.owed = 1.0
-            table.synced = -1
-            table.step = torch.zeros((), dtype=torch.float32)
-            table.stepped = False
             if not state:
                 continue
             rows = _moving(state["exp_avg"], state["exp_avg_sq"])
