@@ -4,20 +4,36 @@ A padded batch (B, T) with N real tokens is packed into (N, C); only attention, 
 padded (B, T) layout. On typical sentence batches a third or more of the positions are padding, so this is the
 cheapest speed-up there is (Cramming and MosaicBERT do the same). Padded positions come back as zeros, as in
 PyTorch's `nn.TransformerEncoder` fast path.
+
+Both directions, forward and backward, are row gathers (`index_select`, a row copy each on CPU): unpacking gathers
+every grid position from its token's row (`inverse`) and then zeroes the few padded rows, where a scatter into a
+zero-filled grid (`index_copy_`, `index_add_`, `out[index] = x`) would loop element by element over a grid it had
+first filled; on 2 CPU cores the gather is 1.7-2x faster (400-1,860 tokens x 1,152).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 
 @dataclass
 class Packing:
-    index: torch.Tensor  # (N,) flat positions of the real tokens in the (B * T) grid
+    index: torch.Tensor  # (N,) flat positions of the real tokens in the (B * T) grid, ascending
     batch: int
     seq_len: int
+    inverse: torch.Tensor = field(init=False, repr=False)  # (B * T,) each position's row in the packed (N, ...)
+    padded: torch.Tensor = field(init=False, repr=False)  # flat positions of the padding
+
+    def __post_init__(self) -> None:
+        n, grid = self.index.numel(), self.batch * self.seq_len
+        real = torch.zeros(grid, dtype=torch.bool, device=self.index.device)
+        real[self.index] = True
+        # a padded position points at the row of the last real token before it (row 0 before any): a valid row,
+        # overwritten by zeros after the gather
+        self.inverse = (real.cumsum(0) - 1).clamp_(min=0) if n else torch.zeros_like(real, dtype=torch.long)
+        self.padded = (~real).nonzero().squeeze(1)
 
     @classmethod
     def from_mask(cls, attention_mask: torch.Tensor) -> Packing:
@@ -26,13 +42,46 @@ class Packing:
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, ...) -> (N, ...)"""
-        # index_select, not x[index]: its backward is index_add_ into zeros; advanced indexing's is an
-        # accumulating index_put_, several times slower on CPU (2.1 ms against 0.4 for 1,688 x 384, fwd + bwd)
-        return x.reshape(self.batch * self.seq_len, *x.shape[2:]).index_select(0, self.index)
+        grid = x.reshape(self.batch * self.seq_len, *x.shape[2:])
+        if torch.compiler.is_compiling():  # plain differentiable ops for the tracer
+            return self._gather(grid)
+        return _Pack.apply(grid, self)
 
     def unpack(self, x: torch.Tensor) -> torch.Tensor:
         """(N, ...) -> (B, T, ...), zeros at padded positions."""
-        # index_copy_, not out[index] = x, for the same reason: its backward is index_select, advanced indexing's an
-        # `index` gather
-        out = x.new_zeros(self.batch * self.seq_len, *x.shape[1:]).index_copy_(0, self.index, x)
-        return out.view(self.batch, self.seq_len, *x.shape[1:])
+        if torch.compiler.is_compiling():
+            grid = x.index_select(0, self.inverse).index_fill(0, self.padded, 0)
+        else:
+            grid = _Unpack.apply(x, self)
+        return grid.view(self.batch, self.seq_len, *x.shape[1:])
+
+    def _gather(self, x: torch.Tensor) -> torch.Tensor:
+        return x.index_select(0, self.index)
+
+    def _spread(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, ...) -> (B * T, ...) with zeros at padded positions."""
+        if x.shape[0] == 0:
+            return x.new_zeros(self.batch * self.seq_len, *x.shape[1:])
+        return x.index_select(0, self.inverse).index_fill_(0, self.padded, 0)
+
+
+class _Pack(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, grid: torch.Tensor, packing: Packing) -> torch.Tensor:
+        ctx.packing = packing
+        return packing._gather(grid)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return ctx.packing._spread(grad), None
+
+
+class _Unpack(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, packing: Packing) -> torch.Tensor:
+        ctx.packing = packing
+        return packing._spread(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return ctx.packing._gather(grad), None
