@@ -15,10 +15,17 @@ layer), divided by this machine's fp32 matmul peak, measured after both runs on 
 fastest of 30 runs). A side cannot train faster than its floor, so transformers' measured time / plmkit's floor is
 the highest ratio this comparison can show on this machine without changing the arithmetic.
 
+With --seeds 0,1,2 the comparison runs once per seed (the order of the two sides alternating from seed to seed,
+so that a host slowing over the run weighs on both alike) and prints each seed's row, then the medians: each side's
+median time and median dev accuracy, the ratio of the median times and the difference of the median accuracies.
+One seed's accuracy on the 872 dev sentences moves by about half a point between runs of the same recipe (dropout
+draws), as much as the bar allows, so the medians are the comparison to judge "equal accuracy" by.
+
 With --random-batches both sides draw plain shuffled batches instead (`transformers`' default sampler; plmkit's
 `data.group_by_length=false`): transformers pads each batch to its longest sentence, plmkit runs real tokens only.
 
     .venv/bin/python benchmarks/finetune_speed.py [--max-train-examples N] [--threads N] [--random-batches]
+        [--seeds 0,1,2]
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ import argparse
 import json
 import os
 import resource
+import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -179,11 +188,12 @@ def compute_floor(model_dir: Path, limit: int | None, threads: int | None, group
             "steps": len(batches)}
 
 
-def worker(which: str, limit: int | None, threads: int | None, out: Path, grouped: bool) -> None:
+def worker(which: str, limit: int | None, threads: int | None, out: Path, grouped: bool, seed: int) -> None:
     import torch
 
     from plmkit.interop.hub import offline_model_dir
 
+    SETTINGS["seed"] = seed
     if threads:
         torch.set_num_threads(threads)
     result = (run_plmkit if which == "plmkit" else run_transformers)(offline_model_dir(), limit, out, grouped)
@@ -191,24 +201,11 @@ def worker(which: str, limit: int | None, threads: int | None, out: Path, groupe
     print("RESULT " + json.dumps(result), flush=True)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--max-train-examples", type=int, default=None)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--random-batches", action="store_true",
-                        help="plain shuffled batches on both sides (transformers' default) instead of length-grouped")
-    parser.add_argument("--worker", choices=["plmkit", "transformers"], help=argparse.SUPPRESS)
-    parser.add_argument("--out", default="/tmp/plmkit-finetune-speed", help="scratch directory")
-    args = parser.parse_args()
-    if args.worker:
-        worker(args.worker, args.max_train_examples, args.threads, Path(args.out) / args.worker,
-               grouped=not args.random_batches)
-        return
-    if not data_dir().is_dir():
-        sys.exit(f"SST-2 not found at {data_dir()} (set PLMKIT_DATA)")
+def run_pair(args: argparse.Namespace, seed: int, first: str) -> dict:
+    """Both sides at one seed, each in its own subprocess, `first` first."""
     results = {}
-    for which in ("plmkit", "transformers"):
-        cmd = [sys.executable, __file__, "--worker", which, "--out", args.out]
+    for which in (first, "transformers" if first == "plmkit" else "plmkit"):
+        cmd = [sys.executable, __file__, "--worker", which, "--out", args.out, "--seeds", str(seed)]
         if args.max_train_examples:
             cmd += ["--max-train-examples", str(args.max_train_examples)]
         if args.threads:
@@ -218,30 +215,72 @@ def main() -> None:
         done = subprocess.run(cmd, capture_output=True, text=True)
         line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
         if done.returncode or line is None:
-            sys.exit(f"{which} run failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+            sys.exit(f"{which} run (seed {seed}) failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
         results[which] = json.loads(line[len("RESULT "):])
+    return {which: results[which] for which in ("plmkit", "transformers")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--max-train-examples", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--random-batches", action="store_true",
+                        help="plain shuffled batches on both sides (transformers' default) instead of length-grouped")
+    parser.add_argument("--seeds", default=str(SETTINGS["seed"]),
+                        help="comma-separated seeds; with several, each seed runs both sides and the medians compare")
+    parser.add_argument("--worker", choices=["plmkit", "transformers"], help=argparse.SUPPRESS)
+    parser.add_argument("--out", default="/tmp/plmkit-finetune-speed", help="scratch directory")
+    args = parser.parse_args()
+    try:
+        seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    except ValueError:
+        sys.exit(f"--seeds {args.seeds!r}: expected comma-separated integers, e.g. 0,1,2")
+    if not seeds:
+        sys.exit("--seeds: give at least one seed")
+    if args.worker:
+        out = Path(args.out) / f"{args.worker}-seed{seeds[0]}"
+        shutil.rmtree(out, ignore_errors=True)  # this script's own scratch: a fresh run each time
+        worker(args.worker, args.max_train_examples, args.threads, out, grouped=not args.random_batches,
+               seed=seeds[0])
+        return
+    if not data_dir().is_dir():
+        sys.exit(f"SST-2 not found at {data_dir()} (set PLMKIT_DATA)")
+    runs = {seed: run_pair(args, seed, "plmkit" if i % 2 == 0 else "transformers") for i, seed in enumerate(seeds)}
     n = len(read_sst2("train", args.max_train_examples)[0])  # what was read (PLMKIT_DATA may hold a subset)
     batches = "plain shuffled batches" if args.random_batches else "length-grouped batches"
     print(f"SST-2, {n} training sentences, 1 epoch, {batches}, all-MiniLM-L6-v2, fp32 CPU")
-    print(f"{'trainer':<14} {'steps':>6} {'train s':>9} {'dev acc':>8} {'peak RSS MB':>12}")
-    for which, r in results.items():
-        print(f"{which:<14} {r['steps']:>6} {r['train_s']:>9.1f} {100 * r['accuracy']:>8.2f} {r['peak_rss_mb']:>12.0f}")
-    ratio = results["transformers"]["train_s"] / results["plmkit"]["train_s"]
-    gap = 100 * (results["plmkit"]["accuracy"] - results["transformers"]["accuracy"])
-    print(f"speed ratio transformers/plmkit: {ratio:.2f}x; "
+    print(f"{'trainer':<14} {'seed':>4} {'steps':>6} {'train s':>9} {'dev acc':>8} {'peak RSS MB':>12}")
+    for seed, results in runs.items():
+        for which, r in results.items():
+            print(f"{which:<14} {seed:>4} {r['steps']:>6} {r['train_s']:>9.1f} {100 * r['accuracy']:>8.2f} "
+                  f"{r['peak_rss_mb']:>12.0f}")
+    if len(seeds) > 1:
+        for seed, r in runs.items():
+            print(f"seed {seed}: speed ratio {r['transformers']['train_s'] / r['plmkit']['train_s']:.2f}x, "
+                  f"accuracy difference {100 * (r['plmkit']['accuracy'] - r['transformers']['accuracy']):+.2f} points")
+    median = {which: {key: statistics.median(runs[seed][which][key] for seed in seeds)
+                      for key in ("train_s", "accuracy", "steps")} for which in ("plmkit", "transformers")}
+    label = f"medians over {len(seeds)} seeds: " if len(seeds) > 1 else ""
+    ratio = median["transformers"]["train_s"] / median["plmkit"]["train_s"]
+    gap = 100 * (median["plmkit"]["accuracy"] - median["transformers"]["accuracy"])
+    if len(seeds) > 1:
+        for which in median:
+            print(f"{label}{which} {median[which]['train_s']:.1f} s, dev acc {100 * median[which]['accuracy']:.2f}")
+    print(f"{label}speed ratio transformers/plmkit: {ratio:.2f}x; "
           f"accuracy difference plmkit - transformers: {gap:+.2f} points")
     from plmkit.interop.hub import offline_model_dir
 
+    SETTINGS["seed"] = seeds[0]
     floor = compute_floor(offline_model_dir(), args.max_train_examples, args.threads, not args.random_batches)
-    per_step = {which: 1000 * results[which]["train_s"] / results[which]["steps"] for which in results}
+    per_step = {which: 1000 * median[which]["train_s"] / median[which]["steps"] for which in median}
     print(f"compute floor at this machine's measured fp32 matmul peak ({floor['peak_gflops']:.0f} GFLOP/s): "
           f"plmkit {floor['plmkit_floor_s']:.1f} s, transformers {floor['transformers_floor_s']:.1f} s")
-    for which in results:
-        spent = results[which]["train_s"] - floor[f"{which}_floor_s"]
+    for which in median:
+        spent = median[which]["train_s"] - floor[f"{which}_floor_s"]
         print(f"  {which}: {per_step[which]:.0f} ms a step, of which {1000 * spent / floor['steps']:.0f} ms "
-              f"outside the matmuls ({100 * spent / results[which]['train_s']:.0f}%)")
+              f"outside the matmuls ({100 * spent / median[which]['train_s']:.0f}%)")
     print(f"highest ratio attainable without changing the arithmetic (transformers' time / plmkit's floor): "
-          f"{results['transformers']['train_s'] / floor['plmkit_floor_s']:.2f}x")
+          f"{median['transformers']['train_s'] / floor['plmkit_floor_s']:.2f}x")
 
 
 if __name__ == "__main__":
