@@ -28,12 +28,11 @@ class Packing:
     padded: torch.Tensor = field(init=False, repr=False)  # flat positions of the padding
 
     def __post_init__(self) -> None:
-        n, grid = self.index.numel(), self.batch * self.seq_len
-        real = torch.zeros(grid, dtype=torch.bool, device=self.index.device)
+        real = torch.zeros(self.batch * self.seq_len, dtype=torch.bool, device=self.index.device)
         real[self.index] = True
         # a padded position points at the row of the last real token before it (row 0 before any): a valid row,
         # overwritten by zeros after the gather
-        self.inverse = (real.cumsum(0) - 1).clamp_(min=0) if n else torch.zeros_like(real, dtype=torch.long)
+        self.inverse = (real.cumsum(0) - 1).clamp_(min=0)
         self.padded = (~real).nonzero().squeeze(1)
 
     @classmethod
