@@ -46,10 +46,9 @@ def test_unpack_zeroes_padding_whatever_the_gather_read():
     assert grid.reshape(-1)[[2, 4, 5]].eq(0).all()
 
 
-def test_pack_unpack_under_torch_compile(monkeypatch):
+def test_pack_unpack_under_torch_compile():
     """Traced by torch.compile (eager backend: the tracer, not a compiler; `nonzero` captured rather than a graph
     break, so the whole round trip is traced), the plain-ops path gives the same values and gradients."""
-    monkeypatch.setattr(torch._dynamo.config, "capture_dynamic_output_shape_ops", True)
     torch.manual_seed(0)
     mask = _mask([3, 1, 2], 4)
     x = torch.randn(6, 5, requires_grad=True)
@@ -63,7 +62,8 @@ def test_pack_unpack_under_torch_compile(monkeypatch):
     eager = round_trip(x, mask)
     (grad_eager,) = torch.autograd.grad(eager, x)
     torch._dynamo.reset()
-    traced = torch.compile(round_trip, backend="eager")(x, mask)
+    with torch._dynamo.config.patch(capture_dynamic_output_shape_ops=True):
+        traced = torch.compile(round_trip, backend="eager")(x, mask)
     (grad_traced,) = torch.autograd.grad(traced, x)
     torch.testing.assert_close(traced, eager)
     torch.testing.assert_close(grad_traced, grad_eager)
