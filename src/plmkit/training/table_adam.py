@@ -104,10 +104,21 @@ class _Table:
         return {"step": self.step.clone(), "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
 
     def hold(self, rows: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor) -> None:
-        """Hold exactly `rows` (unique), with these moments (a row each); their values are read from the table."""
+        """Hold exactly `rows` (unique), with these moments (a row each); their values are read from the table, so
+        the block is in sync with it."""
         self.reset()
         self.add_rows(rows)
         self.exp_avg[:rows.numel()], self.exp_avg_sq[:rows.numel()] = exp_avg, exp_avg_sq
+        self.synced = self.param._version
+
+    @contextlib.contextmanager
+    def changing(self) -> Iterator[None]:
+        """Around an in-place change to the table that leaves the block's rows as the block has them (or reads them
+        into it): a block in sync before stays in sync."""
+        synced = self.synced == self.param._version
+        yield
+        if synced:
+            self.synced = self.param._version
 
 
 def _moving(exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor) -> torch.Tensor:
@@ -149,11 +160,9 @@ class TableAdamW:
         ids = args[0].reshape(-1).unique()
         new = ids[table.position[ids] < 0]
         if new.numel():
-            synced = table.synced == table.param._version
-            table.param.index_copy_(0, new, table.param.index_select(0, new).mul_(table.owed))
-            table.add_rows(new)
-            if synced:
-                table.synced = table.param._version
+            with table.changing():
+                table.param.index_copy_(0, new, table.param.index_select(0, new).mul_(table.owed))
+                table.add_rows(new)
 
     @torch.no_grad()
     def settle(self) -> None:
@@ -163,18 +172,14 @@ class TableAdamW:
             k, p = table.count, table.param
             held = table.rows[:k]
             if table.owed != 1.0:
-                synced = table.synced == p._version
-                values = p.index_select(0, held)
-                p.mul_(table.owed)
-                p.index_copy_(0, held, values)
+                with table.changing():
+                    values = p.index_select(0, held)
+                    p.mul_(table.owed)
+                    p.index_copy_(0, held, values)
                 table.owed = 1.0
-                if synced:
-                    table.synced = p._version
             moving = _moving(table.exp_avg[:k], table.exp_avg_sq[:k])
             if moving.numel() < k:
-                synced = table.synced == p._version
                 table.hold(held[moving], table.exp_avg[moving], table.exp_avg_sq[moving])
-                table.synced = p._version if synced else -1  # the block's values were the table's when synced
 
     def step(self) -> None:
         if not self.tables:
