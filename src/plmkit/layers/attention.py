@@ -54,19 +54,31 @@ class SelfAttention(nn.Module):
 
     def _forward_rows(self, x: torch.Tensor, attn_mask: torch.Tensor | None, return_weights: bool,
                       packing: Packing | None, query_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """One query per sequence: the Q projection runs on those rows only, K/V on all (split, not sliced, so the
-        backward joins the two weight gradients without zero-filling the whole)."""
-        C = x.shape[-1]
-        w_q, w_kv = self.qkv_proj.weight.split([C, 2 * C])
-        b_q, b_kv = self.qkv_proj.bias.split([C, 2 * C]) if self.qkv_proj.bias is not None else (None, None)
-        kv = F.linear(x, w_kv, b_kv)
-        if packing is not None:
-            kv = packing.unpack(kv)
-        B, T, _ = kv.shape
-        k, v = kv.view(B, T, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # 2 x (B, H, T, D)
-        q = F.linear(x.reshape(-1, C).index_select(0, query_rows), w_q, b_q).view(B, self.num_heads, 1, self.head_dim)
-        y, weights = self._attend(q, k, v, attn_mask, return_weights)  # (B, H, 1, D)
-        return self.out_proj(y.reshape(B, C)), weights
+        """One query per sequence, without forming keys or values. For head h with key and value weights W_k, W_v
+        (D, C) and biases b_k, b_v, and a query q (D,):
+          q · k_t = (q W_k) · x_t + q · b_k, whose last term is the same for every t, so the softmax drops it;
+          Σ_t p_t v_t = (Σ_t p_t x_t) W_vᵀ + (Σ_t p_t) b_v (p the dropped-out probabilities, whose sum is not 1).
+        So each query scores x itself through its (C,) vector q W_k, and each head projects one p-weighted sum of x:
+        a few (H, C) products per sequence in place of the (N, C) -> (N, 2C) projection of every token, its
+        backward, and the (N, 2C) unpadding."""
+        C, H, D = x.shape[-1], self.num_heads, self.head_dim
+        w_q, w_k, w_v = self.qkv_proj.weight.split(C)  # (C, C) each; rows h*D..(h+1)*D belong to head h
+        b_q, _, b_v = self.qkv_proj.bias.split(C) if self.qkv_proj.bias is not None else (None, None, None)
+        q = F.linear(x.reshape(-1, C).index_select(0, query_rows), w_q, b_q)  # (B, C)
+        xs = packing.unpack(x) if packing is not None else x  # (B, T, C)
+        B, T, _ = xs.shape
+        q_k = torch.bmm(q.view(B, H, D).transpose(0, 1), w_k.view(H, D, C)).transpose(0, 1)  # (B, H, C)
+        scores = torch.baddbmm(xs.new_zeros(()), q_k, xs.transpose(1, 2), beta=0.0,
+                               alpha=1.0 / math.sqrt(D))  # (B, H, T)
+        if attn_mask is not None:
+            scores.masked_fill_(~attn_mask.reshape(B, 1, T), torch.finfo(scores.dtype).min)
+        weights = scores.softmax(dim=-1)
+        p = dropout(weights, self.dropout, self.training)
+        pooled = torch.bmm(p, xs)  # (B, H, C): each head's p-weighted sum of its sequence's x
+        y = torch.bmm(pooled.transpose(0, 1), w_v.view(H, D, C).transpose(1, 2)).transpose(0, 1)  # (B, H, D)
+        if b_v is not None:
+            y = torch.addcmul(y, p.sum(dim=-1, keepdim=True), b_v.view(H, D))
+        return self.out_proj(y.reshape(B, C)), weights.unsqueeze(2) if return_weights else None
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None,
                 return_weights: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
