@@ -150,15 +150,16 @@ def epoch_matmul_flops(lengths: list[int], batches: list[list[int]], config: dic
     """Training FLOPs (forward + backward = 3x forward, 2 per multiply-add) of the encoder's matmuls over the epoch:
     (plmkit: real tokens, last layer's queries [CLS] only; transformers: padded batches, full last layer)."""
     C, inner, L = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
+    H = config["num_attention_heads"]
     per_token = 4 * C * C + 2 * C * inner  # Q, K, V, output projection; feed-forward in and out
     plmkit = padded = 0.0
     for batch in batches:
         n = [lengths[i] for i in batch]
         tokens, longest = sum(n), max(n)
         attention = sum(2 * t * t * C for t in n)  # q·kᵀ and probs·v per layer
-        # last layer: K and V for every token, the rest for one query per sentence
-        plmkit += (L - 1) * (per_token * tokens + attention) + 2 * C * C * tokens \
-            + (2 * C * C + 2 * C * inner) * len(n) + sum(2 * t * C for t in n)
+        # last layer, one query per sentence and no keys or values: Q, q·W_k, W_v of the weighted sum, output
+        # projection and feed-forward once a sentence; each head's scores and weighted sum over its tokens
+        plmkit += (L - 1) * (per_token * tokens + attention) + per_token * len(n) + sum(2 * t * H * C for t in n)
         padded += L * (per_token * longest * len(n) + 2 * longest * longest * C * len(n))
     return 6 * plmkit, 6 * padded
 
