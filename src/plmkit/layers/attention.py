@@ -68,8 +68,7 @@ class SelfAttention(nn.Module):
         xs = packing.unpack(x) if packing is not None else x  # (B, T, C)
         B, T, _ = xs.shape
         q_k = torch.bmm(q.view(B, H, D).transpose(0, 1), w_k.view(H, D, C)).transpose(0, 1)  # (B, H, C)
-        scores = torch.baddbmm(xs.new_zeros(()), q_k, xs.transpose(1, 2), beta=0.0,
-                               alpha=1.0 / math.sqrt(D))  # (B, H, T)
+        scores = torch.bmm(q_k, xs.transpose(1, 2)).mul_(1.0 / math.sqrt(D))  # (B, H, T)
         if attn_mask is not None:
             scores.masked_fill_(~attn_mask.reshape(B, 1, T), torch.finfo(scores.dtype).min)
         weights = scores.softmax(dim=-1)
