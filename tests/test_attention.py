@@ -26,9 +26,12 @@ def explicit_rows(attn: SelfAttention, x, mask, packing, rows):
     return attn.out_proj(y.reshape(B, C3 // 3)), weights
 
 
-@pytest.mark.parametrize("padded", [True, False])
+@pytest.mark.parametrize("layout", ["packed", "grid", "grid-shared-mask"])
 @pytest.mark.parametrize("train", [True, False])
-def test_query_rows_equal_explicit_keys_and_values(padded, train):
+def test_query_rows_equal_explicit_keys_and_values(layout, train):
+    """Packed tokens with a padding mask; a full grid without a mask; a full grid with one (1, 1, 1, T) mask that
+    broadcasts over the batch."""
+    padded = layout == "packed"
     torch.manual_seed(0)
     attn = SelfAttention(hidden_size=24, num_heads=4, dropout=0.3).double().train(train)
     with torch.no_grad():
@@ -38,6 +41,8 @@ def test_query_rows_equal_explicit_keys_and_values(padded, train):
     attention_mask = (torch.arange(T)[None, :] < lengths[:, None]).long()
     packing = Packing.from_mask(attention_mask) if padded else None
     mask = attention_mask.bool()[:, None, None, :] if padded else None
+    if layout == "grid-shared-mask":
+        mask = (torch.arange(T) != 3)[None, None, None, :]
     x = torch.randn(int(lengths.sum()) if padded else B * T, C, dtype=torch.float64, requires_grad=True)
     x_in = x if padded else x.view(B, T, C)
     rows = lengths.cumsum(0) - lengths if padded else torch.arange(B) * T
@@ -54,6 +59,8 @@ def test_query_rows_equal_explicit_keys_and_values(padded, train):
     torch.testing.assert_close(weights, ref_weights)
     if padded:
         assert (weights[1, :, :, 2:] == 0).all()  # padded keys get no weight
+    if layout == "grid-shared-mask":
+        assert (weights[..., 3] == 0).all()
     for name, g, r in zip(["x", *(n for n, _ in attn.named_parameters())], grads, ref_grads, strict=True):
         torch.testing.assert_close(g, r, msg=lambda m, name=name: f"{name}: {m}")
     # the key bias only shifts every score of a query alike, so the softmax takes no gradient through it

@@ -66,18 +66,18 @@ class SelfAttention(nn.Module):
         b_q, _, b_v = self.qkv_proj.bias.split(C) if self.qkv_proj.bias is not None else (None, None, None)
         q = F.linear(x.reshape(-1, C).index_select(0, query_rows), w_q, b_q)  # (B, C)
         xs = packing.unpack(x) if packing is not None else x  # (B, T, C)
-        B, T, _ = xs.shape
+        B = xs.shape[0]
         q_k = torch.bmm(q.view(B, H, D).transpose(0, 1), w_k.view(H, D, C)).transpose(0, 1)  # (B, H, C)
-        scores = torch.bmm(q_k, xs.transpose(1, 2)).mul_(1.0 / math.sqrt(D))  # (B, H, T)
+        scores = torch.bmm(q_k, xs.transpose(1, 2)).mul_(1.0 / math.sqrt(D)).unsqueeze(2)  # (B, H, 1, T)
         if attn_mask is not None:
-            scores.masked_fill_(~attn_mask.reshape(B, 1, T), torch.finfo(scores.dtype).min)
+            scores.masked_fill_(~attn_mask, torch.finfo(scores.dtype).min)  # any mask broadcastable to the scores
         weights = scores.softmax(dim=-1)
-        p = dropout(weights, self.dropout, self.training)
+        p = dropout(weights, self.dropout, self.training).squeeze(2)  # (B, H, T)
         pooled = torch.bmm(p, xs)  # (B, H, C): each head's p-weighted sum of its sequence's x
         y = torch.bmm(pooled.transpose(0, 1), w_v.view(H, D, C).transpose(1, 2)).transpose(0, 1)  # (B, H, D)
         if b_v is not None:
             y = torch.addcmul(y, p.sum(dim=-1, keepdim=True), b_v.view(H, D))
-        return self.out_proj(y.reshape(B, C)), weights.unsqueeze(2) if return_weights else None
+        return self.out_proj(y.reshape(B, C)), weights if return_weights else None
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None,
                 return_weights: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
