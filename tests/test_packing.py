@@ -67,3 +67,36 @@ def test_pack_unpack_under_torch_compile():
     (grad_traced,) = torch.autograd.grad(traced, x)
     torch.testing.assert_close(traced, eager)
     torch.testing.assert_close(grad_traced, grad_eager)
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "traced"])
+def test_rows_rounded_up_are_zero_and_get_no_gradient(compiled):
+    """With `row_multiple`, the packed rows past the N real tokens are zeros; unpacking never reads them (a NaN
+    there stays out of the grid) and gives them zero gradient; the real rows are those of the plain packing."""
+    torch.manual_seed(0)
+    mask = _mask([3, 1, 2], 4)  # 6 real tokens -> 8 rows
+    plain, rounded = Packing.from_mask(mask), Packing.from_mask(mask, row_multiple=4)
+    assert (plain.rows, rounded.rows) == (6, 8)
+    y = torch.randn(3, 4, 5, requires_grad=True)
+    upstream = torch.randn(8, 5)
+
+    def pack(packing, y):
+        if not compiled:
+            return packing.pack(y)
+        torch._dynamo.reset()
+        with torch._dynamo.config.patch(capture_dynamic_output_shape_ops=True):
+            return torch.compile(lambda t: packing.pack(t), backend="eager")(y)
+
+    packed = pack(rounded, y)
+    assert packed.shape == (8, 5) and torch.equal(packed[:6], plain.pack(y)) and packed[6:].eq(0).all()
+    (grad,) = torch.autograd.grad((packed * upstream).sum(), y)
+    (expected,) = torch.autograd.grad((plain.pack(y) * upstream[:6]).sum(), y)
+    assert torch.equal(grad, expected)
+
+    x = torch.randn(8, 5)
+    x[6:] = float("nan")
+    x.requires_grad_(True)
+    grid = rounded.unpack(x)
+    assert torch.equal(grid, plain.unpack(x[:6]))
+    (grad,) = torch.autograd.grad((grid * torch.randn_like(grid)).sum(), x)
+    assert grad[6:].eq(0).all()

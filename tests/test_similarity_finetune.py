@@ -90,7 +90,9 @@ def test_generic_similarity_file_and_bad_rows(tmp_path: Path, minilm_dir: Path) 
 
 
 def test_finetune_moves_cosines_towards_the_scores(minilm_dir: Path, tmp_path: Path) -> None:
-    """A few steps on three pairs, evaluated on the same pairs: the loss (MSE of cosine vs score / 5) falls."""
+    """A few steps on three pairs, evaluated on the same pairs: the loss (MSE of cosine vs score / 5) falls by half.
+    12 epochs (12 steps): over 6 the best loss ranged 0.0039-0.0092 across seeds and matmul backends, against a
+    bar of 0.0083; over 12, 0.0039-0.0061."""
     from plmkit.training.finetune import finetune
 
     rows = ["text\ttext_pair\tlabel"] + ["\t".join(p) for p in PAIRS]
@@ -100,7 +102,7 @@ def test_finetune_moves_cosines_towards_the_scores(minilm_dir: Path, tmp_path: P
     before = evaluate(task.build_model(minilm_dir), task, examples(),
                       task.featurize(examples(), load_tokenizer(minilm_dir)))
     result = finetune({"task": {"name": "similarity", "max_score": 5.0}, "model": str(minilm_dir),
-                       "data": {"data_dir": str(tmp_path), "epochs": 6},
+                       "data": {"data_dir": str(tmp_path), "epochs": 12},
                        "train": {"output_dir": str(tmp_path / "out"), "lr": 1e-4, "batch_size": 3,
                                  "warmup_ratio": 0.0, "eval_every": "epoch", "best_metric": "loss",
                                  "best_mode": "min"},  # three pairs rank right from the start

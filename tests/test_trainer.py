@@ -17,16 +17,19 @@ import pytest
 import torch
 
 from plmkit.errors import PlmkitError
+from plmkit.layers.linear import onednn_available
 from plmkit.models.encoder_decoder import Seq2SeqLM, seq2seq_config
 from plmkit.training import TrainConfig, build_optimizer, load_recipe, lr_at, param_groups
 from plmkit.training.checkpoint import list_checkpoints, save_checkpoint, verify_checkpoint
 from plmkit.training.optim import layer_depths
 from plmkit.training.tracking import read_metrics
+from plmkit.training.trainer import ONEDNN_MATMUL_CACHE
 
 sys.path.insert(0, str(Path(__file__).parent))
 from train_tiny import make_trainer, tiny_model  # noqa: E402
 
 SCRIPT = Path(__file__).parent / "train_tiny.py"
+needs_onednn = pytest.mark.skipif(not onednn_available(), reason="this torch build has no oneDNN")
 
 
 def losses(run_dir: Path) -> dict[int, float]:
@@ -143,10 +146,13 @@ def _kill_mid_way(proc: subprocess.Popen, out: Path, after_checkpoint: int, max_
     assert [c.step for c in list_checkpoints(out)][-1] < max_steps
 
 
-def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
+@pytest.mark.parametrize("cpu_matmul", ["aten", pytest.param("onednn", marks=needs_onednn)])
+def test_resume_after_sigkill_is_bitwise_identical(tmp_path, cpu_matmul):
     """Kill a run with SIGKILL between checkpoints, resume it: every later step's loss equals the uninterrupted
-    run's exactly (model, AdamW state, schedule, dropout RNG and data position all restored)."""
-    settings = {"max_steps": 14, "save_every_steps": 3, "keep_last": 2, "dropout": 0.1, "step_sleep": 0.15}
+    run's exactly (model, AdamW state, schedule, dropout RNG and data position all restored), with either backend
+    of the CPU matmuls (`layers.linear`)."""
+    settings = {"max_steps": 14, "save_every_steps": 3, "keep_last": 2, "dropout": 0.1, "step_sleep": 0.15,
+                "cpu_matmul": cpu_matmul}
     _run(tmp_path / "full", settings)
     _kill_mid_way(_run(tmp_path / "killed", settings, wait=False), tmp_path / "killed", 6, 14)
     _run(tmp_path / "killed", settings, "--resume")
@@ -539,8 +545,12 @@ def test_cpu_trainer_caps_onednn_cache_unless_the_user_set_it(tmp_path, monkeypa
 
     monkeypatch.delenv(ONEDNN_CACHE_ENV, raising=False)
     monkeypatch.delenv("DNNL_PRIMITIVE_CACHE_CAPACITY", raising=False)
-    make_trainer(str(tmp_path / "a"), max_steps=1)
+    make_trainer(str(tmp_path / "a"), max_steps=1, cpu_matmul="aten")
     assert os.environ[ONEDNN_CACHE_ENV] == "16"
+    if onednn_available():  # rows rounded to a multiple: few shapes, and all of an epoch's fit
+        monkeypatch.delenv(ONEDNN_CACHE_ENV)
+        assert make_trainer(str(tmp_path / "c"), max_steps=1, cpu_matmul="onednn").onednn
+        assert os.environ[ONEDNN_CACHE_ENV] == str(ONEDNN_MATMUL_CACHE)
     monkeypatch.setenv(ONEDNN_CACHE_ENV, "300")
     make_trainer(str(tmp_path / "b"), max_steps=1)
     assert os.environ[ONEDNN_CACHE_ENV] == "300"

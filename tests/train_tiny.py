@@ -82,7 +82,8 @@ def held_out_evaluator(trainer_of: Callable[[], Trainer]) -> Callable:
 
 
 def make_trainer(output_dir: str, dropout: float = 0.1, step_sleep: float = 0.0, evaluator=None,
-                 compile: bool = False, fsdp: bool = False, evaluate: bool = False, **train: object) -> Trainer:
+                 compile: bool = False, fsdp: bool = False, evaluate: bool = False, cpu_matmul: str = "auto",
+                 **train: object) -> Trainer:
     train = {"batch_size": 8, "max_steps": 8, "lr": 1e-3, "warmup_steps": 2, "log_every": 1, **train}
     config = TrainConfig(output_dir=output_dir, **train)
 
@@ -96,7 +97,8 @@ def make_trainer(output_dir: str, dropout: float = 0.1, step_sleep: float = 0.0,
     trainer = Trainer(tiny_model(dropout), config, train_data=RandomPairs(), collate=slow_collate,
                       objective=PretrainingObjective(), evaluator=evaluator,
                       save_model=(lambda m, d: m.save_pretrained(d)) if evaluate else None,
-                      impl=ImplConfig(progress=False, tensorboard=False, num_threads=1, compile=compile, fsdp=fsdp))
+                      impl=ImplConfig(progress=False, tensorboard=False, num_threads=1, compile=compile, fsdp=fsdp,
+                                      cpu_matmul=cpu_matmul))
     return trainer
 
 

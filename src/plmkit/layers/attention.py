@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from plmkit.layers.dropout import dropout
+from plmkit.layers.linear import Linear
 from plmkit.layers.packing import Packing
 
 
@@ -25,8 +26,8 @@ class SelfAttention(nn.Module):
             raise ValueError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.head_dim = hidden_size // num_heads
-        self.qkv_proj = nn.Linear(hidden_size, 3 * hidden_size, bias=bias)
-        self.out_proj = nn.Linear(hidden_size, hidden_size, bias=bias)
+        self.qkv_proj = Linear(hidden_size, 3 * hidden_size, bias=bias)
+        self.out_proj = Linear(hidden_size, hidden_size, bias=bias)
         self.dropout = dropout
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, return_weights: bool = False,

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from plmkit.layers.kv_cache import KVCache
+from plmkit.layers.linear import Linear
 from plmkit.layers.rotary import apply_rotary
 
 
@@ -28,8 +29,8 @@ class CausalSelfAttention(nn.Module):
         self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
         self.head_dim = hidden_size // num_heads
         self.sizes = [num_heads * self.head_dim, num_kv_heads * self.head_dim, num_kv_heads * self.head_dim]
-        self.qkv_proj = nn.Linear(hidden_size, sum(self.sizes), bias=bias)
-        self.out_proj = nn.Linear(hidden_size, hidden_size, bias=bias)
+        self.qkv_proj = Linear(hidden_size, sum(self.sizes), bias=bias)
+        self.out_proj = Linear(hidden_size, hidden_size, bias=bias)
         self.dropout = dropout
         self.layer_index = layer_index  # which slot of a KVCache is this layer's
 

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from plmkit.layers.linear import Linear
+
 
 class Seq2SeqAttention(nn.Module):
     """Multi-head attention over the same sequence (`cross=False`) or over a memory (`cross=True`).
@@ -29,11 +31,11 @@ class Seq2SeqAttention(nn.Module):
         self.cross, self.dropout, self.layer_index = cross, dropout, layer_index
         self.scale = None if scaled else 1.0  # None: SDPA's default 1/sqrt(head_dim)
         if cross:
-            self.q_proj = nn.Linear(hidden_size, hidden_size, bias=bias)
-            self.kv_proj = nn.Linear(hidden_size, 2 * hidden_size, bias=bias)
+            self.q_proj = Linear(hidden_size, hidden_size, bias=bias)
+            self.kv_proj = Linear(hidden_size, 2 * hidden_size, bias=bias)
         else:
-            self.qkv_proj = nn.Linear(hidden_size, 3 * hidden_size, bias=bias)
-        self.out_proj = nn.Linear(hidden_size, hidden_size, bias=bias)
+            self.qkv_proj = Linear(hidden_size, 3 * hidden_size, bias=bias)
+        self.out_proj = Linear(hidden_size, hidden_size, bias=bias)
 
     def _heads(self, x: torch.Tensor, n: int) -> torch.Tensor:
         """(B, T, n * C) -> n x (B, H, T, D)"""

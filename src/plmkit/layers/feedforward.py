@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from plmkit.layers.linear import Linear
+
 # Registry of activations by config name. "gelu" is the exact erf form that BERT uses.
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gelu": F.gelu,
@@ -27,8 +29,8 @@ def get_activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
 class FeedForward(nn.Module):
     def __init__(self, hidden_size: int, intermediate_size: int, activation: str = "gelu", bias: bool = True) -> None:
         super().__init__()
-        self.in_proj = nn.Linear(hidden_size, intermediate_size, bias=bias)
-        self.out_proj = nn.Linear(intermediate_size, hidden_size, bias=bias)
+        self.in_proj = Linear(hidden_size, intermediate_size, bias=bias)
+        self.out_proj = Linear(intermediate_size, hidden_size, bias=bias)
         self.act = get_activation(activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -44,8 +46,8 @@ class GatedFeedForward(nn.Module):
 
     def __init__(self, hidden_size: int, intermediate_size: int, activation: str = "silu", bias: bool = True) -> None:
         super().__init__()
-        self.in_proj = nn.Linear(hidden_size, 2 * intermediate_size, bias=bias)
-        self.out_proj = nn.Linear(intermediate_size, hidden_size, bias=bias)
+        self.in_proj = Linear(hidden_size, 2 * intermediate_size, bias=bias)
+        self.out_proj = Linear(intermediate_size, hidden_size, bias=bias)
         self.act = get_activation(activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,7 @@ from torch import nn
 from plmkit.config import ModelConfig
 from plmkit.errors import PlmkitError
 from plmkit.layers import Embeddings, FeedForward, Packing, SelfAttention, TransformerBlock
+from plmkit.layers.linear import row_multiple
 from plmkit.outputs import EncoderOutput
 
 
@@ -83,7 +84,12 @@ class Encoder(nn.Module):
                              "layer's hidden states or attentions")
         x = self.embed(input_ids, token_type_ids, position_ids)
         mask = padding_mask(attention_mask)
-        packing = Packing.from_mask(attention_mask) if self.unpad and mask is not None else None
+        # Unpadded when there is padding; and under oneDNN matmuls also a full batch whose token count is no
+        # multiple of the rows they want (see `layers.linear`), so that its shapes are ones seen before.
+        multiple = row_multiple()
+        packing = None
+        if self.unpad and attention_mask is not None and (mask is not None or input_ids.numel() % multiple):
+            packing = Packing.from_mask(attention_mask, multiple)
         query_rows = self._first_rows(input_ids, attention_mask, packing) if first_token_only else None
         if packing is not None:
             x = packing.pack(x)  # (N, C)

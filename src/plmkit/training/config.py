@@ -19,6 +19,7 @@ from plmkit.errors import PlmkitError
 
 SCHEDULES = ("linear", "cosine", "constant")
 PRECISIONS = ("fp32", "bf16")
+CPU_MATMULS = ("auto", "onednn", "aten")  # layers.linear.BACKENDS
 
 
 @dataclass
@@ -110,6 +111,9 @@ class ImplConfig:
     # them with DDP, for a model too big for one device (see training.distributed). No effect in one process.
     fsdp: bool = False
     num_threads: int | None = None
+    # CPU training's fp32 matmuls (see layers.linear): auto = oneDNN where MKL would leave AVX-512 unused (a CPU not
+    # Intel's), else torch's own (MKL); onednn or aten to choose. The same maths, rounded differently.
+    cpu_matmul: str = "auto"
     # CPU: give freed heap memory back to the OS every N steps (glibc malloc_trim; see training.memory); 0 = never
     release_memory_every: int = 100
     progress: bool = True
@@ -118,6 +122,8 @@ class ImplConfig:
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise PlmkitError(f"impl.precision: unknown {self.precision!r}; choose from: {', '.join(PRECISIONS)}")
+        if self.cpu_matmul not in CPU_MATMULS:
+            raise PlmkitError(f"impl.cpu_matmul: unknown {self.cpu_matmul!r}; choose from: {', '.join(CPU_MATMULS)}")
 
 
 def dataclass_from_dict(cls: type, d: dict[str, Any] | None, section: str) -> Any:

@@ -34,6 +34,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from plmkit.errors import PlmkitError
+from plmkit.layers.linear import cpu_matmul_backend, onednn_matmuls
 from plmkit.training.checkpoint import (
     list_checkpoints,
     load_checkpoint,
@@ -81,6 +82,10 @@ from plmkit.training.tracking import MetricsLog, plot_loss_curve
 
 log = logging.getLogger(__name__)
 
+# oneDNN's primitive cache under oneDNN matmuls: an SST-2 epoch of length-grouped batches of 32 has ~70 row counts
+# (multiples of 32), each ~14 primitives (4 matmul shapes forward, 8 backward, GELU both ways)
+ONEDNN_MATMUL_CACHE = 2048
+
 Evaluator = Callable[[nn.Module], dict[str, float]]
 
 
@@ -115,15 +120,21 @@ class Trainer:
                  lengths: Sequence[int] | None = None) -> None:
         self.config, self.impl = config, impl or ImplConfig()
         self.device = resolve_device(self.impl.device)
-        if self.device.type == "cpu":
-            bound_onednn_primitive_cache()  # before the first forward: unpadded batches are a new shape each step
         if self.impl.num_threads:
             torch.set_num_threads(self.impl.num_threads)
         self.dist: DistInfo = init_distributed(self.device.type)
+        self.sharded = self.impl.fsdp and self.dist.enabled  # FSDP instead of DDP
+        # oneDNN for the training step's fp32 matmuls (`layers.linear`); not under FSDP (DTensor weights),
+        # torch.compile (which picks its own kernels) or autocast (whose bf16 matmuls are torch's)
+        self.onednn = (self.device.type == "cpu" and not self.sharded and not self.impl.compile
+                       and self.impl.precision == "fp32" and cpu_matmul_backend(self.impl.cpu_matmul) == "onednn")
+        if self.device.type == "cpu":
+            # before the first forward. Unpadded batches are a new shape each step: a small cache keeps memory flat;
+            # under oneDNN matmuls rows are rounded up to a multiple, and the cache holds all of an epoch's shapes
+            bound_onednn_primitive_cache(ONEDNN_MATMUL_CACHE if self.onednn else 16)
         if self.device.type == "cuda" and self.dist.enabled:
             self.device = torch.device("cuda", self.dist.local_rank)
         torch.manual_seed(config.seed)  # dropout's RNG; data order and masking have their own seeds
-        self.sharded = self.impl.fsdp and self.dist.enabled  # FSDP instead of DDP
         if self.impl.fsdp and not self.dist.enabled:
             log.warning("impl.fsdp applies under torchrun with more than one process; training unsharded")
         self._skeleton: nn.Module | None = None
@@ -278,7 +289,7 @@ class Trainer:
         (`term_sums` gets each term's weighted value)."""
         for i, (batch, counts) in enumerate(zip(micro_batches, local_counts, strict=True)):
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-            with self._gradient_sync(i == len(micro_batches) - 1), self._autocast():
+            with self._gradient_sync(i == len(micro_batches) - 1), self._autocast(), onednn_matmuls(self.onednn):
                 losses = self.objective(self.forward_model, batch)
                 loss = 0.0
                 for j, name in enumerate(names):
@@ -289,8 +300,8 @@ class Trainer:
                     term_sums[j] += float(losses[name].detach()) * weight
                 # DDP and FSDP average gradients over ranks; the weights above already sum to 1 over all ranks.
                 loss = loss * self.dist.world_size
-            if isinstance(loss, torch.Tensor):
-                loss.backward()
+                if isinstance(loss, torch.Tensor):
+                    loss.backward()
 
     def _clip_gradients(self, max_norm: float) -> float:
         """Clip to total 2-norm `max_norm`; returns the norm. Sharded gradients (DTensors) take torch's own.
