@@ -11,8 +11,10 @@ transformers' time / plmkit's time (> 1: plmkit is faster). The bar: ≥ 1.5x at
 Last, it prints each side's compute floor: the FLOPs of the step's matmuls (projections, feed-forward, attention
 scores; forward and backward), counted from the tokenized batches each side runs (plmkit: real tokens only, and the
 last layer queries [CLS] alone; transformers: batches padded to their longest sentence, every position through every
-layer), divided by this machine's fp32 matmul peak, measured after both runs on the same shapes (each shape's
-fastest of 30 runs). A side cannot train faster than its floor, so transformers' measured time / plmkit's floor is
+layer), divided by this machine's fp32 matmul peak for the matmuls each side runs, measured after both runs on the
+same shapes (each shape's fastest of 30 runs): torch's own (MKL on x86) for transformers, and for plmkit the backend
+its Trainer picks here (`impl.cpu_matmul=auto`: oneDNN on a CPU not Intel's with AVX-512, where MKL runs AVX2
+kernels; see `plmkit.layers.linear`). A side cannot train faster than its floor, so transformers' measured time / plmkit's floor is
 the highest ratio this comparison can show on this machine without changing the arithmetic.
 
 With --seeds 0,1,2 the comparison runs once per seed (the order of the two sides alternating from seed to seed,
@@ -132,17 +134,18 @@ def run_transformers(model_dir: Path, limit: int | None, out: Path, grouped: boo
     return {"train_s": train_s, "accuracy": accuracy, "steps": trainer.state.global_step}
 
 
-def matmul_peak_gflops(tokens: int, hidden: int, intermediate: int, repeats: int = 30) -> float:
-    """This machine's fp32 matmul rate on the step's main shapes (forward and both backward products): the median
-    over the shapes of each one's fastest of `repeats` runs (the fastest, so that a neighbour's load on a shared
-    machine cannot raise the floor)."""
+def matmul_peak_gflops(tokens: int, hidden: int, intermediate: int, repeats: int = 30, backend: str = "aten") -> float:
+    """This machine's fp32 matmul rate on the step's main shapes (forward and both backward products) by `backend`
+    (torch's own dispatch, or oneDNN): the median over the shapes of each one's fastest of `repeats` runs (the
+    fastest, so that a neighbour's load on a shared machine cannot raise the floor)."""
     from timing import matmul_times  # benchmarks/ is the script directory (imports torch: only after the workers)
 
     rates = []
     shapes = ((tokens, hidden, intermediate), (tokens, intermediate, hidden), (tokens, hidden, 3 * hidden),
               (intermediate, tokens, hidden), (hidden, tokens, intermediate))  # (rows, inner, columns)
     for rows, inner, cols in shapes:
-        rates.append(2 * rows * inner * cols / min(matmul_times(rows, inner, cols, repeats, warmup=3)) / 1e9)
+        times = matmul_times(rows, inner, cols, repeats, warmup=3, backend=backend)
+        rates.append(2 * rows * inner * cols / min(times) / 1e9)
     return sorted(rates)[len(rates) // 2]
 
 
@@ -171,6 +174,7 @@ def compute_floor(model_dir: Path, limit: int | None, threads: int | None, group
     import torch
     from transformers import AutoTokenizer
 
+    from plmkit.layers.linear import cpu_matmul_backend
     from plmkit.training.data import ExampleStream
 
     if threads:
@@ -184,9 +188,15 @@ def compute_floor(model_dir: Path, limit: int | None, threads: int | None, group
     order = stream.order(0).tolist()
     batches = [order[i:i + SETTINGS["batch_size"]] for i in range(0, len(order), SETTINGS["batch_size"])]
     plmkit, padded = epoch_matmul_flops(lengths, batches, config)
-    peak = matmul_peak_gflops(sum(lengths) // len(batches), config["hidden_size"], config["intermediate_size"])
-    return {"peak_gflops": peak, "plmkit_floor_s": plmkit / peak / 1e9, "transformers_floor_s": padded / peak / 1e9,
-            "steps": len(batches)}
+    shape = (sum(lengths) // len(batches), config["hidden_size"], config["intermediate_size"])
+    # each side at the rate of the matmuls it runs: transformers' nn.Linear takes torch's dispatch, plmkit's Trainer
+    # the backend impl.cpu_matmul=auto picks here (`plmkit.layers.linear`)
+    backend = cpu_matmul_backend("auto")
+    peaks = {"aten": matmul_peak_gflops(*shape)}
+    if backend != "aten":
+        peaks[backend] = matmul_peak_gflops(*shape, backend=backend)
+    return {"peaks": peaks, "plmkit_backend": backend, "plmkit_floor_s": plmkit / peaks[backend] / 1e9,
+            "transformers_floor_s": padded / peaks["aten"] / 1e9, "steps": len(batches)}
 
 
 def worker(which: str, limit: int | None, threads: int | None, out: Path, grouped: bool, seed: int) -> None:
@@ -274,8 +284,11 @@ def main() -> None:
     SETTINGS["seed"] = seeds[0]
     floor = compute_floor(offline_model_dir(), args.max_train_examples, args.threads, not args.random_batches)
     per_step = {which: 1000 * median[which]["train_s"] / median[which]["steps"] for which in median}
-    print(f"compute floor at this machine's measured fp32 matmul peak ({floor['peak_gflops']:.0f} GFLOP/s): "
-          f"plmkit {floor['plmkit_floor_s']:.1f} s, transformers {floor['transformers_floor_s']:.1f} s")
+    peaks = ", ".join(f"{'torch (MKL)' if k == 'aten' else k} {v:.0f}" for k, v in floor["peaks"].items())
+    print(f"this machine's measured fp32 matmul peak, GFLOP/s: {peaks}; plmkit's Trainer runs "
+          f"{'torch' if floor['plmkit_backend'] == 'aten' else floor['plmkit_backend']}, transformers torch")
+    print(f"compute floor at those peaks: plmkit {floor['plmkit_floor_s']:.1f} s, "
+          f"transformers {floor['transformers_floor_s']:.1f} s")
     for which in median:
         spent = median[which]["train_s"] - floor[f"{which}_floor_s"]
         print(f"  {which}: {per_step[which]:.0f} ms a step, of which {1000 * spent / floor['steps']:.0f} ms "

@@ -21,15 +21,25 @@ def step_fn(model: nn.Module, optimizer: torch.optim.Optimizer, **forward_kwargs
     return step
 
 
-def matmul_times(rows: int, inner: int, cols: int, repeats: int, warmup: int = 1) -> list[float]:
-    """Seconds of each of `repeats` fp32 (rows × inner) · (inner × cols) products, after `warmup` untimed ones."""
+def matmul_times(rows: int, inner: int, cols: int, repeats: int, warmup: int = 1,
+                 backend: str = "aten") -> list[float]:
+    """Seconds of each of `repeats` fp32 (rows × inner) · (inner × cols) products, after `warmup` untimed ones; by
+    torch's own dispatch (`a @ b`: MKL on x86) or by oneDNN (backend="onednn", as `plmkit.layers.linear` runs it)."""
     a, b = torch.randn(rows, inner), torch.randn(inner, cols)
+    if backend == "onednn":
+        weight = b.t().contiguous()
+
+        def product():
+            return torch.ops.mkldnn._linear_pointwise(a, weight, None, "none", [], "")
+    else:
+        def product():
+            return a @ b
     for _ in range(warmup):
-        a @ b
+        product()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        a @ b
+        product()
         times.append(time.perf_counter() - t0)
     return times
 
