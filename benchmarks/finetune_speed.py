@@ -14,8 +14,8 @@ last layer queries [CLS] alone; transformers: batches padded to their longest se
 layer), divided by this machine's fp32 matmul peak for the matmuls each side runs, measured after both runs on the
 same shapes (each shape's fastest of 30 runs): torch's own (MKL on x86) for transformers, and for plmkit the backend
 its Trainer picks here (`impl.cpu_matmul=auto`: oneDNN on a CPU not Intel's with AVX-512, where MKL runs AVX2
-kernels; see `plmkit.layers.linear`). A side cannot train faster than its floor, so transformers' measured time / plmkit's floor is
-the highest ratio this comparison can show on this machine without changing the arithmetic.
+kernels; see `plmkit.layers.linear`). A side cannot train faster than its floor, so transformers' measured time /
+plmkit's floor is the highest ratio this comparison can show on this machine without changing the arithmetic.
 
 With --seeds 0,1,2 the comparison runs once per seed (the order of the two sides alternating from seed to seed,
 so that a host slowing over the run weighs on both alike) and prints each seed's row, then the medians: each side's

@@ -11,6 +11,7 @@ from plmkit.errors import PlmkitError
 from plmkit.layers import linear as linear_mod
 from plmkit.layers.linear import Linear, cpu_matmul_backend, onednn_available, onednn_matmuls, row_multiple
 from plmkit.models.encoder import Encoder
+from plmkit.training import ImplConfig
 
 needs_onednn = pytest.mark.skipif(not onednn_available(), reason="this torch build has no oneDNN")
 
@@ -80,6 +81,8 @@ def test_linear_outside_the_context_is_nn_linear_to_the_bit():
 def test_cpu_matmul_backend_choice(monkeypatch):
     with pytest.raises(PlmkitError, match="impl.cpu_matmul: unknown 'mkl'; choose from: auto, onednn, aten"):
         cpu_matmul_backend("mkl")
+    with pytest.raises(PlmkitError, match="impl.cpu_matmul: unknown 'mkl'; choose from: auto, onednn, aten"):
+        ImplConfig(cpu_matmul="mkl")
     assert cpu_matmul_backend("aten") == "aten"
     monkeypatch.setattr(linear_mod, "onednn_available", lambda: True)
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
@@ -115,7 +118,8 @@ def test_encoder_under_onednn_rounds_rows_and_keeps_values_and_gradients(lengths
     mask = (torch.arange(T)[None] < torch.tensor(lengths)[:, None]).long()
     upstream = torch.randn(len(lengths), T, 32)
     rows_seen = []
-    hook = encoder.layers[0].mlp.in_proj.register_forward_hook(lambda m, i, o: rows_seen.append(i[0].shape[:-1].numel()))
+    hook = encoder.layers[0].mlp.in_proj.register_forward_hook(
+        lambda module, args, out: rows_seen.append(args[0].shape[:-1].numel()))
 
     def run() -> list[torch.Tensor]:
         encoder.zero_grad(set_to_none=True)

@@ -32,7 +32,7 @@ from torch import nn
 from plmkit.errors import PlmkitError
 
 BACKENDS = ("auto", "onednn", "aten")
-ROW_MULTIPLE = 16  # packed rows are rounded up to this while oneDNN runs the matmuls
+ROW_MULTIPLE = 64  # packed rows are rounded up to this while oneDNN runs the matmuls
 
 _active = False
 

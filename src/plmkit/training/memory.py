@@ -14,7 +14,8 @@ the cache every step and stays. Over 180 SST-2 steps the heap's free blocks grew
 steps without trimming peaked at 1.56 GB resident. Padded batches repeat a few dozen shapes and stop adding.
 `bound_onednn_primitive_cache()` caps that cache before oneDNN's first use; the Trainer calls it on CPU. Capped at
 16, the same 400 steps peaked at 1.14 GB with the heap flat; a shape outside the cache costs a rebuild of about
-0.14 ms, some 0.1% of a step.
+0.14 ms, some 0.1% of a step. Where oneDNN also runs the matmuls (`layers.linear`), the packed rows are rounded up
+to a multiple, so an epoch has a bounded set of shapes, and the Trainer sizes the cache to hold them all instead.
 """
 
 from __future__ import annotations
