@@ -289,6 +289,7 @@ class Trainer:
         (`term_sums` gets each term's weighted value)."""
         for i, (batch, counts) in enumerate(zip(micro_batches, local_counts, strict=True)):
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+            # oneDNN is chosen in the forward (`layers.linear`): its autograd nodes run their backward through it too
             with self._gradient_sync(i == len(micro_batches) - 1), self._autocast(), onednn_matmuls(self.onednn):
                 losses = self.objective(self.forward_model, batch)
                 loss = 0.0
@@ -300,8 +301,8 @@ class Trainer:
                     term_sums[j] += float(losses[name].detach()) * weight
                 # DDP and FSDP average gradients over ranks; the weights above already sum to 1 over all ranks.
                 loss = loss * self.dist.world_size
-                if isinstance(loss, torch.Tensor):
-                    loss.backward()
+            if isinstance(loss, torch.Tensor):
+                loss.backward()
 
     def _clip_gradients(self, max_norm: float) -> float:
         """Clip to total 2-norm `max_norm`; returns the norm. Sharded gradients (DTensors) take torch's own.
