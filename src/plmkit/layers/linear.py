@@ -13,9 +13,10 @@ encoder asks), and the Trainer raises the primitive cache's capacity: an epoch t
 
 Use. `cpu_matmul_backend("auto")` says which backend a setting means on this machine ("onednn" where the CPU is
 not Intel's and torch runs AVX-512 kernels, else "aten", torch's own dispatch); `onednn_matmuls(True)` is the
-context in which `Linear` layers take oneDNN (the Trainer opens it around each step's forward and backward, from
-`impl.cpu_matmul`). Outside it, and for anything but fp32 CPU tensors, `Linear` is `nn.Linear` to the bit. The two
-backends round differently (results agree to fp32 rounding, not bit for bit); each is deterministic.
+context in which `Linear` layers take oneDNN (the Trainer opens it around each step's forward, from
+`impl.cpu_matmul`; the autograd nodes made there run their backward through oneDNN too). Outside it, and for
+anything but fp32 CPU tensors, `Linear` is `nn.Linear` to the bit. The two backends round differently (results
+agree to fp32 rounding, not bit for bit); each is deterministic.
 """
 
 from __future__ import annotations

@@ -92,7 +92,7 @@ class Encoder(nn.Module):
             packing = Packing.from_mask(attention_mask, multiple)
         query_rows = self._first_rows(input_ids, attention_mask, packing) if first_token_only else None
         if packing is not None:
-            x = packing.pack(x)  # (N, C)
+            x = packing.pack(x)  # (rows, C): the N real tokens, rounded up
         unpack = packing.unpack if packing is not None else (lambda t: t)
         hidden_states = [unpack(x)] if output_hidden_states else None
         attentions = [] if output_attentions else None

@@ -16,10 +16,10 @@ from typing import Any
 import yaml
 
 from plmkit.errors import PlmkitError
+from plmkit.layers.linear import BACKENDS as CPU_MATMULS
 
 SCHEDULES = ("linear", "cosine", "constant")
 PRECISIONS = ("fp32", "bf16")
-CPU_MATMULS = ("auto", "onednn", "aten")  # layers.linear.BACKENDS
 
 
 @dataclass
